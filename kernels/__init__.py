@@ -1,0 +1,1 @@
+"""Fused ops: each module holds a Triton kernel and its plain-torch twin (later issues)."""

@@ -1,0 +1,3 @@
+from loopcli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Model config, checkpoint reading, the reference PLT forward and its decode paths."""
