@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -18,6 +20,72 @@ USER_ERRORS = (ModelError, ToolError)
 @click.version_option(__version__, prog_name="loopcli")
 def cli() -> None:
     """A local coding assistant for LoopCoder-V2 (parallel loop transformer) models."""
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--arch", type=click.Choice(["loopcoder", "llama", "qwen2"]), default="loopcoder",
+              show_default=True, help="Checkpoint layout: LoopCoder-V2 (PLT) or an R = 1 layout.")
+@click.option("--preset", type=click.Choice(["tiny", "small", "bench"]), default="tiny",
+              show_default=True, help="Model size.")
+@click.option("--loops", type=click.IntRange(1), help="plt_num_loops (loopcoder only).")
+@click.option("--window", type=click.IntRange(0), help="Left window W of plt_window_size (loopcoder only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["bf16", "f16", "f32"]), default="bf16", show_default=True)
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
+              help="Number of safetensors shards (with an index when > 1).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+def synth(out, arch, preset, loops, window, seed, dtype, shards, force):
+    """Write a synthetic (random-weight) checkpoint in the real Hugging Face layout to OUT.
+
+    The model is random: it runs the whole pipeline but produces no meaningful text.
+    """
+    from loopcli.runtime.synthetic import write_synthetic
+
+    overrides = {}
+    if arch != "loopcoder" and (loops or window is not None):
+        raise click.UsageError("--loops and --window apply to --arch loopcoder only")
+    if loops:
+        overrides["plt_num_loops"] = loops
+    if window is not None:
+        overrides["plt_window_size"] = [window, 0]
+    path = write_synthetic(out, arch=arch, preset=preset, seed=seed, dtype=dtype,
+                           shards=shards, force=force, **overrides)
+    click.echo(f"wrote synthetic {arch} checkpoint ({preset}, random weights) to {path}", err=True)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--file", "text_file", required=True, type=click.Path(path_type=Path),
+              help="Text to score.")
+@click.option("--ctx", type=click.IntRange(4), default=512, show_default=True,
+              help="Chunk length in tokens; the second half of each chunk is scored.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"ppl", "n_tokens", "nll": [...]} as JSON.')
+def perplexity(model, text_file, ctx, as_json):
+    """Perplexity of MODEL (an HF checkpoint directory) on a text, llama-perplexity style."""
+    from rich.progress import Progress
+
+    from loopcli.runtime.model import load_model
+    from loopcli.runtime.perplexity import perplexity as score
+    from loopcli.runtime.tokenizer import Tokenizer
+
+    if not text_file.is_file():
+        raise ModelError(f"text file {text_file} does not exist; give an existing file to --file")
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ModelError(f"{text_file} is not UTF-8 text") from None
+    net = load_model(model)
+    tok = Tokenizer(model)
+    with Progress(transient=True, disable=as_json) as progress:
+        task = progress.add_task("scoring chunks", total=None)
+        result = score(net, tok, text, ctx,
+                       on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
+    if as_json:
+        click.echo(json.dumps({"ppl": result.ppl, "n_tokens": result.n_tokens, "nll": result.nll}))
+    else:
+        click.echo(f"perplexity {result.ppl:.4f} over {result.n_tokens} scored tokens")
 
 
 def main() -> None:
