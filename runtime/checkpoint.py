@@ -126,6 +126,13 @@ class Checkpoint:
     def names(self) -> list[str]:
         return list(expected_tensors(self.config))
 
+    def location(self, name: str) -> tuple[Path, str]:
+        """(file, name inside the file) of a tensor, for readers that slice rows themselves."""
+        return self._where[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) in the table's order, each read from its memory-mapped file on demand."""
         by_file: dict[Path, list[str]] = {}

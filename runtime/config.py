@@ -65,6 +65,8 @@ class ModelConfig:
         if not scaling:
             return inv_freq.float()
         kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "freq_factors":  # llama.cpp's stored divisors (GGUF rope_freqs)
+            return (inv_freq / torch.tensor(scaling["factors"], dtype=torch.float64)).float()
         factor = float(scaling["factor"])
         if kind == "linear":
             return (inv_freq / factor).float()

@@ -203,14 +203,23 @@ class PLTModel(nn.Module):
         return self.lm_head(h_hat)
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> PLTModel:
-    """Build the model from a checkpoint directory, tensor by tensor (no second full copy)."""
-    ckpt = Checkpoint(model_dir)
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> PLTModel:
+    """Build the model from an HF checkpoint directory or a GGUF file (dequantized), tensor by
+    tensor (no second full copy)."""
+    if Path(path).suffix == ".gguf":
+        from .gguf_load import config_from_gguf, gguf_tensors, open_gguf
+
+        reader = open_gguf(path)
+        cfg = config_from_gguf(reader, str(path))
+        tensors = gguf_tensors(reader, cfg)
+    else:
+        ckpt = Checkpoint(path)
+        cfg, tensors = ckpt.config, ckpt.tensors()
     with torch.device("meta"):
-        model = PLTModel(ckpt.config)
-    for name, tensor in ckpt.tensors():
+        model = PLTModel(cfg)
+    for name, tensor in tensors:
         assign_parameter(model, name, tensor.to(dtype))
-    if ckpt.config.tie_word_embeddings:
+    if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
 

@@ -193,6 +193,7 @@ def write_synthetic(
     dtype: str = "bf16",
     shards: int = 1,
     force: bool = False,
+    std: float = 0.02,
     **overrides,
 ) -> Path:
     """Write a synthetic checkpoint directory; atomic (built beside `out_dir`, then renamed)."""
@@ -208,7 +209,7 @@ def write_synthetic(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-        _write_weights(tmp, cfg, seed, DTYPES[dtype], shards)
+        _write_weights(tmp, cfg, seed, DTYPES[dtype], shards, std)
         _write_tokenizer(tmp, cfg, raw)
         if out.exists():
             shutil.rmtree(out)
@@ -219,8 +220,8 @@ def write_synthetic(
     return out
 
 
-def _write_weights(d: Path, cfg: ModelConfig, seed: int, dtype: torch.dtype, shards: int) -> None:
-    tensors = {n: t.to(dtype).contiguous() for n, t in random_tensors(cfg, seed)}
+def _write_weights(d: Path, cfg: ModelConfig, seed: int, dtype: torch.dtype, shards: int, std: float) -> None:
+    tensors = {n: t.to(dtype).contiguous() for n, t in random_tensors(cfg, seed, std)}
     names = list(tensors)
     if shards <= 1:
         save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
