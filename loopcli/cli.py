@@ -64,6 +64,7 @@ def synth(out, arch, preset, loops, window, seed, dtype, shards, force):
               help='Print {"ppl", "n_tokens", "nll": [...]} as JSON.')
 def perplexity(model, text_file, ctx, as_json):
     """Perplexity of MODEL (an HF checkpoint directory) on a text, llama-perplexity style."""
+    from rich.console import Console
     from rich.progress import Progress
 
     from loopcli.runtime.model import load_model
@@ -77,8 +78,9 @@ def perplexity(model, text_file, ctx, as_json):
     except UnicodeDecodeError:
         raise ModelError(f"{text_file} is not UTF-8 text") from None
     net = load_model(model)
-    tok = Tokenizer(model)
-    with Progress(transient=True, disable=as_json) as progress:
+    tok = Tokenizer.load(model)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=as_json or not console.is_terminal) as progress:
         task = progress.add_task("scoring chunks", total=None)
         result = score(net, tok, text, ctx,
                        on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
@@ -86,6 +88,38 @@ def perplexity(model, text_file, ctx, as_json):
         click.echo(json.dumps({"ppl": result.ppl, "n_tokens": result.n_tokens, "nll": result.nll}))
     else:
         click.echo(f"perplexity {result.ppl:.4f} over {result.n_tokens} scored tokens")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--type", "type_name", default="q4_k_m", show_default=True,
+              help="f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def convert(src, out, type_name, force):
+    """Convert an HF checkpoint directory SRC into a (quantized) GGUF file OUT.
+
+    R = 1 models become llama.cpp's `llama` / `qwen2` architecture; LoopCoder-V2 (PLT) models
+    the `loopcoder` architecture (docs/gguf-loopcoder.md).
+    """
+    from loopcli.convert.export import convert as run
+
+    path = run(src, out, type_name.lower(), force=force, show_progress=True)
+    click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)", err=True)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--ctx", type=click.IntRange(1), default=4096, show_default=True,
+              help="Context length for the KV-cache estimate.")
+@click.option("--gpu-mem", help="GPU memory to check against, e.g. 8GB or 12GiB.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(file, ctx, gpu_mem, as_json):
+    """Show what a GGUF FILE holds and the memory it needs at a context length."""
+    from loopcli.convert.inspect import inspect_gguf, render
+
+    info = inspect_gguf(file, ctx, gpu_mem)
+    click.echo(json.dumps(info, indent=2) if as_json else render(info))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from .checkpoint import expected_tensors
 from .config import ModelConfig, config_from_dict
 from .errors import ModelError
+from .gguf_format import PRE_TOKENIZERS
 
 ARCHS = {
     "loopcoder": ("IQuestPLTCoderForCausalLM", "iquestpltcoder"),
@@ -44,9 +45,6 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|endof
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
                   "<think>", "</think>"]
 EOS_TOKENS = ["</s>", "<|im_end|>", "<|endoftext|>"]
-# Qwen2's pre-tokenizer split, which llama.cpp knows as pre-tokenizer "qwen2"
-SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 CORPUS = '''\
@@ -167,7 +165,8 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
         raise ModelError(f"vocab_size {vocab_size} is too small for a byte-level BPE (min {256 + len(SPECIAL_TOKENS)})")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        # Qwen2's split, known to llama.cpp as pre-tokenizer "qwen2"
+        pre_tokenizers.Split(Regex(PRE_TOKENIZERS["qwen2"]), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()

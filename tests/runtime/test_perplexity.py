@@ -19,7 +19,7 @@ def ckpt(tmp_path_factory):
 
 
 def test_llama_perplexity_method(ckpt):
-    model, tok = load_model(ckpt), Tokenizer(ckpt)
+    model, tok = load_model(ckpt), Tokenizer.load(ckpt)
     ctx = 16
     res = perplexity(model, tok, CORPUS, ctx)
     tokens = tok.encode(CORPUS, add_bos=False)

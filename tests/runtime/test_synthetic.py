@@ -87,7 +87,7 @@ def test_r1_layouts(tmp_path, arch):
 
 
 def test_tokenizer_round_trips_and_adds_bos(tmp_path):
-    tok = Tokenizer(write_synthetic(tmp_path / "m"))
+    tok = Tokenizer.load(write_synthetic(tmp_path / "m"))
     text = "def fibonacci(n):\n    return n  # héllo ✓\n"
     ids = tok.encode(text)
     assert ids[0] == 1 and tok.decode(ids[1:]) == text
@@ -96,7 +96,7 @@ def test_tokenizer_round_trips_and_adds_bos(tmp_path):
 
 
 def test_chat_template_renders_every_role_and_tool_calls(tmp_path):
-    tok = Tokenizer(write_synthetic(tmp_path / "m"))
+    tok = Tokenizer.load(write_synthetic(tmp_path / "m"))
     tools = [{"type": "function", "function": {"name": "view", "description": "Show a file",
               "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}}]
     messages = [

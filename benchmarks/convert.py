@@ -1,0 +1,99 @@
+"""Converting a ~2 GB synthetic checkpoint to q4_k_m: our converter vs llama.cpp's quantizer.
+
+Both sides get the same weights and the same number of threads, each run in its own process
+so that its peak RSS is its own (os.wait4). Ours goes HF safetensors (bf16) -> q4_k_m GGUF in
+one pass; llama.cpp's `llama_model_quantize` goes from a BF16 GGUF of the same weights (made by
+our converter, not timed) to Q4_K_M. Prints JSON.
+Usage: python benchmarks/convert.py [--layers 20] [--threads 1] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OURS = """
+import sys
+from loopcli.convert.export import convert
+convert(sys.argv[1], sys.argv[2], "q4_k_m", force=True, show_progress=False)
+"""
+LLAMA = """
+import sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+params.nthread = int(sys.argv[3])
+rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params)
+sys.exit(rc)
+"""
+
+
+def run(code: str, *args: str, threads: int) -> dict:
+    """Run `code` in a fresh interpreter; wall time and that process's own peak RSS."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")[-2000:]
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {err.strip()}"}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=20, help="20 layers of hidden 2048 = about 2 GB in bf16")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one)")
+    args = ap.parse_args()
+
+    from loopcli.convert.export import convert
+    from loopcli.runtime.checkpoint import Checkpoint
+    from loopcli.runtime.synthetic import write_synthetic
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="loopcli-bench-convert-"))
+    src = work / "hf"
+    sizes = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=args.layers,
+                 num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
+    if not src.exists():
+        write_synthetic(src, preset="bench", dtype="bf16", **sizes)
+    src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
+    ckpt = Checkpoint(src)
+    params = sum(math.prod(ckpt.shape(n)) for n in ckpt.names())
+    bf16 = work / "bf16.gguf"
+    if not bf16.exists():
+        convert(src, bf16, "bf16", show_progress=False)
+
+    ours = run(OURS, str(src), str(work / "ours-q4_k_m.gguf"), threads=args.threads)
+    try:
+        import llama_cpp  # noqa: F401
+        ref = run(LLAMA, str(bf16), str(work / "llama-q4_k_m.gguf"), str(args.threads), threads=args.threads)
+    except ImportError:
+        ref = {"error": "llama-cpp-python is not installed (pip install -e '.[llama]')"}
+    result = {
+        "benchmark": "convert",
+        "source": {"params": params, "safetensors_bytes": src_bytes, "dtype": "bf16", **sizes},
+        "threads": args.threads,
+        "ours": ours,
+        "llama_cpp_quantize": ref,
+        "targets": "ours peak RSS < 1024 MB; ours seconds <= 2 x llama.cpp",
+    }
+    if "seconds" in ours and "seconds" in ref:
+        result["ratio_seconds_ours_to_llama_cpp"] = round(ours["seconds"] / ref["seconds"], 2)
+        sizes_out = {k: (work / f"{k}-q4_k_m.gguf").stat().st_size for k in ("ours", "llama")}
+        result["output_bytes"] = sizes_out
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""HF checkpoint directory -> GGUF, streamed tensor by tensor with bounded memory.
+
+The header and all tensor infos are planned from the safetensors headers alone; the data is
+then read in row chunks (memory-mapped), checked for NaN/Inf, quantized and appended. The
+file is written under a temporary name beside OUT and renamed only when complete, so an error,
+a full disk or Ctrl-C leave no partial OUT.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from safetensors import safe_open
+
+from loopcli.runtime.checkpoint import Checkpoint
+from loopcli.runtime.config import ModelConfig
+from loopcli.runtime.errors import ModelError
+from loopcli.runtime.gguf_format import (PLT, PLT_KEYS, ROPE_FREQS, gguf_arch, gguf_name,
+                                         needs_permute, permute_for_llama)
+
+from .quants import quantize
+from .recipe import TYPES, tensor_type
+from .vocab import add_vocab
+
+CHUNK_ELEMENTS = 1 << 24  # 64 MB of f32 per quantization chunk
+
+
+@dataclass
+class Planned:
+    hf: str
+    name: str
+    shape: tuple[int, ...]
+    qtype: gguf.GGMLQuantizationType
+    nbytes: int
+
+
+def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: bool = False,
+            show_progress: bool = True) -> Path:
+    src, out = Path(src), Path(out)
+    if type_name not in TYPES:
+        raise ModelError(f"unknown --type {type_name!r}; choose one of {', '.join(TYPES)}")
+    if out.exists() and not force:
+        raise ModelError(f"{out} already exists; pass --force to overwrite it")
+    if out.is_dir():
+        raise ModelError(f"{out} is a directory; give a file name such as model.gguf")
+    ckpt = Checkpoint(src)
+    cfg = ckpt.config
+    arch = gguf_arch(cfg)
+    plan = _plan(ckpt, cfg, type_name)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent or ".")
+    except OSError as exc:
+        raise ModelError(f"cannot write to {out.parent or '.'} ({exc.strerror}); choose a writable output path") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        writer = gguf.GGUFWriter(tmp, arch)
+        _add_metadata(writer, cfg, type_name, src)
+        add_vocab(writer, src, cfg.vocab_size)
+        for p in plan:
+            writer.add_tensor_info(p.name, gguf.quant_shape_to_byte_shape(p.shape, p.qtype), np.dtype(np.uint8),
+                                   p.nbytes, raw_dtype=p.qtype)
+        if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) == "llama3":
+            writer.add_tensor_info(ROPE_FREQS, (cfg.head_dim // 2,), np.dtype(np.float32), cfg.head_dim * 2)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        _write_tensors(writer, ckpt, cfg, arch, plan, show_progress)
+        writer.close()
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ModelError(f"writing {out} failed ({exc.strerror or exc}); nothing was written") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _plan(ckpt: Checkpoint, cfg: ModelConfig, type_name: str) -> list[Planned]:
+    plan = []
+    for hf in ckpt.names():
+        name, shape = gguf_name(hf), ckpt.shape(hf)
+        qtype = tensor_type(type_name, name, shape, cfg.num_layers)
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * (shape[-1] // block) * size
+        plan.append(Planned(hf, name, shape, qtype, nbytes))
+    return plan
+
+
+def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, type_name: str, src: Path) -> None:
+    w.add_name(src.resolve().name)
+    w.add_file_type(TYPES[type_name][1])
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_heads)
+    w.add_head_count_kv(cfg.num_kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    scaling = cfg.rope_scaling or {}
+    if scaling.get("rope_type", scaling.get("type")) == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    if w.arch == PLT:
+        for field, key in PLT_KEYS.items():
+            value = getattr(cfg, field)
+            key = f"{PLT}.{key}"
+            if isinstance(value, bool):
+                w.add_bool(key, value)
+            elif isinstance(value, int):
+                w.add_uint32(key, value)
+            else:
+                w.add_float32(key, value)
+
+
+def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch: str,
+                   plan: list[Planned], show_progress: bool) -> None:
+    total = sum(int(np.prod(p.shape)) * 4 for p in plan)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    console = Console(stderr=True)  # stdout stays clean for scripts; no bar in logs
+    live = show_progress and console.is_terminal
+    with Progress(*columns, console=console, disable=not live, transient=True) as progress, ExitStack() as stack:
+        task = progress.add_task("converting", total=total)
+        files: dict[Path, object] = {}
+        for n, p in enumerate(plan, 1):
+            progress.update(task, description=f"tensor {n}/{len(plan)} {p.name:<28}")
+            file, key = ckpt.location(p.hf)
+            if file not in files:
+                files[file] = stack.enter_context(safe_open(file, framework="pt"))
+            w.write_tensor_data(_encode(files[file].get_slice(key), p, cfg, arch,
+                                        lambda b: progress.advance(task, b)))
+        if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) == "llama3":
+            plain = ModelConfig(**{**cfg.__dict__, "rope_scaling": None}).rope_inv_freq()
+            w.write_tensor_data((plain / cfg.rope_inv_freq()).numpy().astype(np.float32))
+
+
+def _encode(sl, p: Planned, cfg: ModelConfig, arch: str, advance) -> np.ndarray:
+    """Read, check and quantize one tensor in row chunks; returns its bytes (or floats)."""
+    rows = p.shape[0] if len(p.shape) > 1 else 1
+    permute = needs_permute(arch, p.hf)
+    # a permuted q/k tensor is reordered within heads: read it whole (it is H x H at most)
+    step = rows if permute else max(1, CHUNK_ELEMENTS // max(1, p.shape[-1]))
+    parts = []
+    for start in range(0, rows, step):
+        chunk = sl[start:start + step] if len(p.shape) > 1 else sl[:]
+        data = chunk.float().numpy()
+        if not np.isfinite(data).all():
+            bad = "NaN" if np.isnan(data).any() else "Inf"
+            raise ModelError(f"tensor {p.hf} contains {bad} values; the checkpoint is corrupt, re-download it")
+        if permute:
+            data = permute_for_llama(data, cfg.num_heads if permute == "q" else cfg.num_kv_heads)
+        data = data.reshape(-1, p.shape[-1])
+        parts.append(quantize(data, p.qtype))
+        advance(data.size * 4)
+    out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return out.reshape(-1) if len(p.shape) == 1 else out
