@@ -1,7 +1,10 @@
 """Converting a ~2 GB synthetic checkpoint to q4_k_m: our converter vs llama.cpp's quantizer.
 
+The checkpoint has the R = 1 llama layout (llama.cpp quantizes only architectures it knows);
+the tensors and their types are those of a PLT model of the same size minus the tiny gates.
+
 Both sides get the same weights and the same number of threads, each run in its own process
-so that its peak RSS is its own (os.wait4). Ours goes HF safetensors (bf16) -> q4_k_m GGUF in
+that reports its own peak RSS. Ours goes HF safetensors (bf16) -> q4_k_m GGUF in
 one pass; llama.cpp's `llama_model_quantize` goes from a BF16 GGUF of the same weights (made by
 our converter, not timed) to Q4_K_M. Prints JSON.
 Usage: python benchmarks/convert.py [--layers 20] [--threads 1] [--keep DIR]
@@ -19,19 +22,26 @@ import tempfile
 import time
 from pathlib import Path
 
+# Each child prints its own peak RSS (VmHWM: the high-water mark of its address space since
+# exec; ru_maxrss would also count the parent's memory at fork time).
+PEAK = """
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print("VmHWM", int(line.split()[1]))
+"""
 OURS = """
 import sys
 from loopcli.convert.export import convert
 convert(sys.argv[1], sys.argv[2], "q4_k_m", force=True, show_progress=False)
-"""
+""" + PEAK
 LLAMA = """
 import sys, llama_cpp
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
 params.nthread = int(sys.argv[3])
-rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params)
-sys.exit(rc)
-"""
+if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params):
+    sys.exit(1)
+""" + PEAK
 
 
 def run(code: str, *args: str, threads: int) -> dict:
@@ -39,15 +49,12 @@ def run(code: str, *args: str, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")[-2000:]
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {err.strip()}"}
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    peak_kb = int(proc.stdout.split("VmHWM")[-1])
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
 def main() -> None:
@@ -66,7 +73,8 @@ def main() -> None:
     sizes = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=args.layers,
                  num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
     if not src.exists():
-        write_synthetic(src, preset="bench", dtype="bf16", **sizes)
+        # llama layout: llama.cpp's quantizer refuses architectures it does not know
+        write_synthetic(src, arch="llama", preset="bench", dtype="bf16", **sizes)
     src_bytes = sum(f.stat().st_size for f in src.glob("*.safetensors"))
     ckpt = Checkpoint(src)
     params = sum(math.prod(ckpt.shape(n)) for n in ckpt.names())

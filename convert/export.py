@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,16 +133,15 @@ def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch:
                TransferSpeedColumn(), TimeRemainingColumn())
     console = Console(stderr=True)  # stdout stays clean for scripts; no bar in logs
     live = show_progress and console.is_terminal
-    with Progress(*columns, console=console, disable=not live, transient=True) as progress, ExitStack() as stack:
+    with Progress(*columns, console=console, disable=not live, transient=True) as progress:
         task = progress.add_task("converting", total=total)
-        files: dict[Path, object] = {}
         for n, p in enumerate(plan, 1):
             progress.update(task, description=f"tensor {n}/{len(plan)} {p.name:<28}")
             file, key = ckpt.location(p.hf)
-            if file not in files:
-                files[file] = stack.enter_context(safe_open(file, framework="pt"))
-            w.write_tensor_data(_encode(files[file].get_slice(key), p, cfg, arch,
-                                        lambda b: progress.advance(task, b)))
+            # opened per tensor: closing unmaps the pages read, so RSS stays at one tensor
+            with safe_open(file, framework="pt") as f:
+                data = _encode(f.get_slice(key), p, cfg, arch, lambda b: progress.advance(task, b))
+            w.write_tensor_data(data)
         if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) == "llama3":
             plain = ModelConfig(**{**cfg.__dict__, "rope_scaling": None}).rope_inv_freq()
             w.write_tensor_data((plain / cfg.rope_inv_freq()).numpy().astype(np.float32))

@@ -33,6 +33,7 @@ import multiprocessing
 import os
 import sqlite3
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
@@ -180,8 +181,11 @@ class RepoMap:
             methods = multiprocessing.get_all_start_methods()
             # not fork: the caller may run threads, which fork would copy mid-flight
             context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            with ProcessPoolExecutor(self._workers, mp_context=context) as pool:
-                results = list(pool.map(_parse_file, jobs, chunksize=16))
+            try:
+                with ProcessPoolExecutor(self._workers, mp_context=context) as pool:
+                    results = list(pool.map(_parse_file, jobs, chunksize=16))
+            except BrokenProcessPool:  # e.g. a __main__ the workers cannot import (stdin)
+                results = [_parse_file(job) for job in jobs]
         else:
             results = [_parse_file(job) for job in jobs]
         return {path: tags for path, tags in zip(paths, results) if tags is not None}

@@ -272,3 +272,23 @@ def test_readme_pipeline_convert_inspect_perplexity(monkeypatch, capsys, plt_ckp
         main()
         ppl = json.loads(capsys.readouterr().out)["ppl"]
         assert 100 < ppl < 2000  # a random model over 512 tokens: near uniform
+
+
+def test_full_disk_leaves_no_partial_output(monkeypatch, capsys, tiny, tmp_path):
+    import errno
+
+    import loopcli.convert.export as export
+
+    real = gguf.GGUFWriter.write_tensor_data
+    calls = {"n": 0}
+
+    def disk_full(self, tensor, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, tensor, *a, **kw)
+
+    monkeypatch.setattr(export.gguf.GGUFWriter, "write_tensor_data", disk_full)
+    code, err = run_cli(monkeypatch, capsys, "convert", str(tiny), str(tmp_path / "o.gguf"))
+    assert code == 2 and "No space left on device" in err
+    assert [p.name for p in tmp_path.iterdir() if p.name != "src"] == []
