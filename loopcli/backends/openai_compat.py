@@ -1,0 +1,157 @@
+"""Any OpenAI-compatible chat server as a backend: vLLM, llama-server, llama_cpp.server, ollama.
+
+Replies are streamed; native tool calls arrive as per-index fragments (id and name once, the
+arguments JSON in pieces) and are assembled here into whole `ToolCall`s. A server that does not
+call tools natively streams the call as text, which the agent parses (loopcli.toolcalls).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import openai
+
+from .base import BackendError, Event, Finish, TextDelta, ToolCall, Usage
+
+START_HINT = ("Is the server running? Start one with `python -m llama_cpp.server --model MODEL.gguf "
+              "--port 8000`, `llama-server -m MODEL.gguf --port 8000` or `vllm serve MODEL`, "
+              "or pass the right base URL")
+
+
+class StreamAssembler:
+    """Turns OpenAI-style chat completion chunks (as dicts) into events.
+
+    `feed` yields text deltas at once; tool calls are whole only at the end (`tool_calls`).
+    `finish_reason`, `usage` and `chunks` (how many chunks carried output) are kept for the end.
+    """
+
+    def __init__(self):
+        self._calls: dict[int, dict] = {}
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.chunks = 0
+
+    def feed(self, chunk: dict) -> Iterator[TextDelta]:
+        if chunk.get("usage"):
+            u = chunk["usage"]
+            self.usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls"):
+                self.chunks += 1
+            if delta.get("content"):
+                yield TextDelta(delta["content"])
+            for fragment in delta.get("tool_calls") or []:
+                self._add_fragment(fragment)
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+
+    def _add_fragment(self, fragment: dict) -> None:
+        index = fragment.get("index")
+        slot = self._calls.setdefault(len(self._calls) if index is None else index,
+                                      {"id": "", "name": "", "arguments": ""})
+        fn = fragment.get("function") or {}
+        slot["id"] = slot["id"] or fragment.get("id") or ""
+        # the name comes whole (llama-cpp-python repeats it in every fragment): keep the first
+        slot["name"] = slot["name"] or fn.get("name") or ""
+        slot["arguments"] += fn.get("arguments") or ""
+
+    def finish(self) -> Finish:
+        """The server's finish reason; some servers send none after tool calls."""
+        return Finish(self.finish_reason or ("tool_calls" if self._calls else "stop"))
+
+    def tool_calls(self) -> list[ToolCall]:
+        return [ToolCall(c["name"], _arguments(c["arguments"]), c["id"] or f"call_{i}")
+                for i, c in sorted(self._calls.items())]
+
+
+def _arguments(raw: str) -> dict | str:
+    """The arguments object, or the raw string when it is not a JSON object (the agent reports it)."""
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        return raw
+    return value if isinstance(value, dict) else raw
+
+
+def _api_url(base_url: str) -> str:
+    """Servers put the API under /v1; accept a bare http://host:port too."""
+    url = base_url.rstrip("/")
+    return url + "/v1" if urlparse(url).path in ("", "/") else url
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
+                 timeout: float = 600.0, max_retries: int = 2, context_window: int = 32768,
+                 max_tokens: int | None = None, temperature: float | None = None):
+        self.base_url = _api_url(base_url)
+        self.model = model
+        self.timeout = timeout
+        self.context_window = context_window
+        self.max_tokens, self.temperature = max_tokens, temperature
+        # local servers ignore the key, but the client insists on one
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
+                                    timeout=timeout, max_retries=max_retries)
+
+    def stream(self, messages: list[dict], tools: list[dict]) -> Iterator[Event]:
+        request = {"model": self._model_name(), "messages": messages, "stream": True,
+                   "stream_options": {"include_usage": True}}
+        if tools:
+            request["tools"] = tools
+        if self.max_tokens is not None:
+            request["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            request["temperature"] = self.temperature
+        assembler = StreamAssembler()
+        try:
+            with self.client.chat.completions.create(**request) as chunks:
+                for chunk in chunks:
+                    yield from assembler.feed(chunk.model_dump(exclude_none=True))
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        yield from assembler.tool_calls()
+        yield assembler.usage or self._estimated_usage(messages, tools, assembler.chunks)
+        yield assembler.finish()
+
+    def count_tokens(self, text: str) -> int:
+        return -(-len(text) // 4)  # about 4 characters per token for code and English
+
+    def _estimated_usage(self, messages, tools, chunks: int) -> Usage:
+        """For servers that send no usage (llama_cpp.server): characters / 4 for the prompt and
+        one token per streamed chunk, which is how llama.cpp-style servers stream."""
+        prompt = json.dumps(messages, ensure_ascii=False) + (json.dumps(tools) if tools else "")
+        return Usage(self.count_tokens(prompt), chunks)
+
+    def _model_name(self) -> str:
+        """The configured model, else the first one the server lists (they usually serve one)."""
+        if self.model is None:
+            try:
+                models = [m.id for m in self.client.models.list()]
+            except openai.OpenAIError as exc:
+                raise self._error(exc) from None
+            if not models:
+                raise BackendError(f"the model server at {self.base_url} lists no models; "
+                                   "pass the model name explicitly")
+            self.model = models[0]
+        return self.model
+
+    def _error(self, exc: openai.OpenAIError) -> BackendError:
+        where = f"the model server at {self.base_url}"
+        if isinstance(exc, openai.APITimeoutError):
+            return BackendError(f"{where} did not answer within {self.timeout:g} s; it may be "
+                                "overloaded or still loading. Raise the timeout or check its log.")
+        if isinstance(exc, openai.APIConnectionError):
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            return BackendError(f"cannot reach {where}{cause}. {START_HINT}.")
+        if isinstance(exc, openai.AuthenticationError):
+            return BackendError(f"{where} rejected the API key (HTTP 401); pass the right key "
+                                "(api_key / OPENAI_API_KEY).")
+        if isinstance(exc, openai.NotFoundError):
+            return BackendError(f"{where} answered HTTP 404 ({exc.message}); check that the base URL "
+                                f"ends in /v1 and that it serves the model {self.model!r}.")
+        if isinstance(exc, openai.APIStatusError):
+            return BackendError(f"{where} answered HTTP {exc.status_code}: {exc.message}")
+        return BackendError(f"{where} failed: {exc}")
