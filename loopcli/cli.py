@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from loopcli import __version__
+from loopcli.backends.factory import KINDS as BACKEND_KINDS
+from loopcli.fix import FixError
 from loopcli.runtime.errors import ModelError
 from loopcli.tools.errors import ToolError
 
 # Errors in the user's input: one line on stderr, exit code 2, no traceback.
-USER_ERRORS = (ModelError, ToolError)
+USER_ERRORS = (ModelError, ToolError, FixError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,6 +123,134 @@ def inspect(file, ctx, gpu_mem, as_json):
 
     info = inspect_gguf(file, ctx, gpu_mem)
     click.echo(json.dumps(info, indent=2) if as_json else render(info))
+
+
+MODEL_HELP = ("local / llama.cpp: a GGUF file or HF directory; openai: the served model name; "
+              "scripted: a JSONL file of model turns (a replay for tests, not a model).")
+
+
+def _backend_options(command):
+    """--backend, --model, --base-url and --max-steps, shared by fix and eval."""
+    for option in reversed([
+        click.option("--backend", type=click.Choice(BACKEND_KINDS), default="local",
+                     show_default=True, help="Where the model runs."),
+        click.option("--model", help=MODEL_HELP),
+        click.option("--base-url", help="URL of an OpenAI-compatible server (vLLM, llama-server, "
+                                        "...) for the openai backend."),
+        click.option("--max-steps", type=click.IntRange(1), default=50, show_default=True,
+                     help="Model calls per run."),
+    ]):
+        command = option(command)
+    return command
+
+
+@cli.command()
+@click.argument("issue")
+@click.option("--repo", type=click.Path(path_type=Path), default=".", show_default=True,
+              help="The repository to fix.")
+@_backend_options
+@click.option("--test-cmd", help="Command whose success means resolved (default: detected for "
+                                 "pytest, npm, go and cargo projects).")
+@click.option("--max-tokens", type=click.IntRange(1), help="Prompt + completion tokens per run.")
+@click.option("--max-time", type=click.FloatRange(min=1), help="Wall time per run, in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="JSONL events on stdout (README).")
+@click.option("--commit", is_flag=True, help="Commit the change onto a new branch; the work "
+                                             "tree, index and current branch stay as they were.")
+@click.option("--branch", help="Branch name for --commit (implies it); default loopcli/fix-<time>.")
+@click.option("--trajectory", type=click.Path(dir_okay=False, path_type=Path),
+              help="Trajectory JSONL file (default under ~/.cache/loopcli/trajectories/).")
+def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, max_time,
+        as_json, commit, branch, trajectory):
+    """Resolve ISSUE (text, @file, or - for stdin) in a repository, headless.
+
+    Progress goes to stderr, the diff to stdout. Exit codes: 0 resolved, 1 not resolved,
+    2 bad usage or input, 3 model or backend failure, 4 limit reached.
+    """
+    from rich.console import Console
+
+    from loopcli.agent import Limits
+    from loopcli.backends.base import BackendError
+    from loopcli.fix import FixConfig, default_branch, progress_line, read_issue, run_fix
+    from loopcli.fix import check_repo, detect_test_command, make_backend
+
+    # Test runs must not leave __pycache__ files in the user's tree (and in the agent's diff).
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    text = read_issue(issue)
+    root = check_repo(repo)
+    test_cmd = test_cmd or detect_test_command(root)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        model_backend = make_backend(backend, model, base_url)
+    except BackendError as exc:
+        console.print(f"error: {backend} backend failed: {exc}", markup=False)
+        sys.exit(3)
+
+    def emit(event: dict) -> None:
+        line = progress_line(event)
+        if line:
+            console.print(line)
+        if as_json:
+            click.echo(json.dumps(event, ensure_ascii=False, default=str))
+
+    config = FixConfig(text, root, model_backend, model=model, test_cmd=test_cmd,
+                       limits=Limits(max_steps, max_tokens, max_time),
+                       branch=branch or (default_branch() if commit else None),
+                       trajectory=trajectory)
+    result = run_fix(config, emit)
+    if not as_json:
+        click.echo(result.diff, nl=False)
+    steps = result.run.steps
+    where = (f"{steps} step{'' if steps == 1 else 's'}, {result.run.seconds:.1f} s; "
+             f"trajectory: {result.trajectory}")
+    if result.exit_code == 0:
+        console.print(f"resolved ({where})", markup=False)
+    else:
+        console.print(f"not resolved: {result.status}: {result.message} ({where}); exit code "
+                      f"{result.exit_code}", markup=False)
+        sys.exit(result.exit_code)
+
+
+@cli.command("eval")
+@click.argument("tasks", type=click.Path(path_type=Path))
+@_backend_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep trajectories and results.json here.")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Tasks run at the same time (openai or scripted backend).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
+    """Run SWE-bench-shaped TASKS (a folder of tasks, or one task) and score them.
+
+    Each task runs in a throwaway copy of its repository (no Docker). With --backend scripted,
+    --model is a script used for every task, or a file name looked up in each task's folder
+    (default solution.jsonl).
+    """
+    from rich.console import Console
+
+    from loopcli.agent import Limits
+    from loopcli.backends.base import BackendError
+    from loopcli.evaluate import evaluate, load_tasks, render_report, task_backends
+
+    if jobs > 1 and backend in ("local", "llama.cpp"):
+        raise FixError("--jobs above 1 needs the openai or scripted backend: an in-process "
+                       "model runs one task at a time")
+    found = load_tasks(tasks)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        backends = task_backends(backend, model, base_url)
+    except BackendError as exc:
+        console.print(f"error: {backend} backend failed: {exc}", markup=False)
+        sys.exit(3)
+
+    def progress(result) -> None:
+        console.print(f"{result.name}: {result.outcome} ({result.steps} steps, "
+                      f"{result.seconds:.1f} s)", markup=False)
+
+    report = evaluate(found, backends, Limits(max_steps), out_dir=out, on_result=progress,
+                      jobs=jobs)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 def main() -> None:

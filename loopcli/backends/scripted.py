@@ -58,7 +58,8 @@ def load_script(path: Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise ScriptError(f"script {path} does not exist; give a JSONL file of model turns") from None
+        raise ScriptError(f"script {path} does not exist; give a JSONL file of model turns") \
+            from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScriptError(f"cannot read script {path}: {exc}") from None
     turns = []
@@ -81,5 +82,6 @@ def _check_turn(line: str, where: str) -> dict:
     if not isinstance(calls, list) or not all(
         isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls
     ):
-        raise ScriptError(f'{where}: "tool_calls" must be a list of {{"name", "arguments"}} objects')
+        raise ScriptError(f'{where}: "tool_calls" must be a list of '
+                          '{"name": ..., "arguments": {...}} objects')
     return turn

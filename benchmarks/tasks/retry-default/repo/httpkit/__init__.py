@@ -1,0 +1,3 @@
+from .client import Client, RequestFailed
+
+__all__ = ["Client", "RequestFailed"]

@@ -1,0 +1,3 @@
+from .sizes import format_size
+
+__all__ = ["format_size"]

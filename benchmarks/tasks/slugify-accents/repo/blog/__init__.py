@@ -1,0 +1,3 @@
+from .slugs import slugify
+
+__all__ = ["slugify"]

@@ -1,0 +1,3 @@
+from .stats import summarize
+
+__all__ = ["summarize"]

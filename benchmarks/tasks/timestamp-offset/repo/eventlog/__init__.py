@@ -1,0 +1,3 @@
+from .timeparse import parse_timestamp
+
+__all__ = ["parse_timestamp"]

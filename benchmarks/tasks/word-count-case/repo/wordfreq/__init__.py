@@ -1,0 +1,3 @@
+from .counter import top_words
+
+__all__ = ["top_words"]
