@@ -126,7 +126,8 @@ def fused_step(model: PLTModel, state: DecodeState, token: int) -> torch.Tensor:
     U = torch.cat([e, cfg.emb_scale * e + cfg.hidden_scale * state.carries]) if R > 1 else e
     cos, sin = model.rope(torch.tensor([t]), e.dtype)
     slot = t % state.ring_size
-    ring_valid = (state.ring_positions(t + 1) >= 0)[None, :]
+    filled = state.ring_positions(t + 1) >= 0
+    ring_valid = None if bool(filled.all()) else filled[None, :]  # no mask: SDPA's fast path
     for i, layer in enumerate(model.model.layers):
         q, k, v = layer.project(U, cos, sin)  # q [nh, R, hd], k/v [nkv, R, hd]
         state.k0[i, :, t] = k[:, 0]

@@ -124,7 +124,7 @@ class DecoderLayer(nn.Module):
     def mix(self, x, q, y_glob, y_loc) -> torch.Tensor:
         """G-SWA: two separate softmax outputs mixed per head by the gate (loops >= 1)."""
         g = self.self_attn.plt_gate(x, q)
-        return g * y_glob + (1 - g) * y_loc
+        return torch.lerp(y_loc, y_glob, g)  # g * y_glob + (1 - g) * y_loc in one op
 
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = x + self.self_attn.o_proj(merge_heads(y))

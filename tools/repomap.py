@@ -205,12 +205,44 @@ class RepoMap:
             row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
             if row is None or row[0] != version:
                 db.execute("DROP TABLE IF EXISTS tags")
+                db.execute("DROP TABLE IF EXISTS maps")
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (version,))
             db.execute(
                 "CREATE TABLE IF NOT EXISTS tags (path TEXT PRIMARY KEY, mtime_ns INTEGER,"
                 " size INTEGER, names TEXT, refs TEXT, defs TEXT)"
             )
+            db.execute("CREATE TABLE IF NOT EXISTS maps (key TEXT PRIMARY KEY, text TEXT)")
         return db
+
+    def _map_key(self, focus: set[str], mentioned: set[str], budget: int) -> str:
+        """What a rendered map depends on: every file's stat, the request and the budget."""
+        files = [(p, self._tags[p].mtime_ns, self._tags[p].size) for p in self._files]
+        request = [files, sorted(focus), sorted(mentioned), budget]
+        return hashlib.sha256(json.dumps(request).encode()).hexdigest()
+
+    def _cached_map(self, key: str) -> str | None:
+        try:
+            db = self._connect()
+            try:
+                row = db.execute("SELECT text FROM maps WHERE key = ?", (key,)).fetchone()
+            finally:
+                db.close()
+        except (OSError, sqlite3.DatabaseError):
+            return None
+        return row[0] if row else None
+
+    def _store_map(self, key: str, text: str) -> None:
+        try:
+            db = self._connect()
+            try:
+                with db:  # maps of older file states are useless: keep the newest few
+                    db.execute("INSERT OR REPLACE INTO maps VALUES (?, ?)", (key, text))
+                    db.execute("DELETE FROM maps WHERE rowid NOT IN "
+                               "(SELECT rowid FROM maps ORDER BY rowid DESC LIMIT 16)")
+            finally:
+                db.close()
+        except (OSError, sqlite3.DatabaseError):
+            pass
 
     def _load_cache(self) -> dict[str, tuple]:
         try:
@@ -355,11 +387,24 @@ class RepoMap:
         Focus files are left out. Files with no ranked definition may follow as bare paths.
         The largest prefix of the ranking whose rendering fits `token_budget` (counted by
         `count_tokens`, default about 4 characters a token) is chosen by binary search.
+        Maps counted with the default estimate are cached with the tags, keyed by every
+        file's stat and the request.
         """
-        count = count_tokens or _estimate_tokens
         self.build()
         focus = self._rel_paths(focus_files)
-        ranks, def_ranks = self._rank(focus, set(mentioned_idents))
+        mentioned = set(mentioned_idents)
+        # a map counted with the default estimate is cached: unchanged repo + request = no work
+        key = self._map_key(focus, mentioned, token_budget) if count_tokens is None else None
+        if key and (cached := self._cached_map(key)) is not None:
+            return cached
+        text = self._fit(focus, mentioned, token_budget, count_tokens or _estimate_tokens)
+        if key:
+            self._store_map(key, text)
+        return text
+
+    def _fit(self, focus: set[str], mentioned: set[str], token_budget: int,
+             count: Callable[[str], int]) -> str:
+        ranks, def_ranks = self._rank(focus, mentioned)
         # each item adds at least one line, and a line is at least a token
         ranked = self._ranked_definitions(focus, def_ranks, token_budget)
         items = [(path, ident) for path, ident, _ in ranked]

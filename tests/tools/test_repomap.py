@@ -250,3 +250,20 @@ def test_ranks_match_pagerank_on_the_explicit_graph(repo, tmp_path, mentioned, f
     reference = aider_style_ranks(repo, sorted(ours), mentioned, focus)
     for path in ours:
         assert ours[path] == pytest.approx(reference[path], abs=1e-5), path
+
+
+def test_rendered_map_is_cached_until_the_repo_or_request_changes(repo, tmp_path, monkeypatch):
+    first = make_map(repo, tmp_path).render(mentioned_idents={"Engine"}, token_budget=500)
+    fits = []
+    real_fit = RepoMap._fit
+    monkeypatch.setattr(RepoMap, "_fit", lambda self, *a: fits.append(a) or real_fit(self, *a))
+    again = make_map(repo, tmp_path)
+    assert again.render(mentioned_idents={"Engine"}, token_budget=500) == first and fits == []
+    again.render(mentioned_idents={"lonely_helper"}, token_budget=500)
+    assert len(fits) == 1  # another request is ranked afresh
+    (repo / "lonely.py").write_text("def lonely_helper(x):\n    return x\n\ndef extra_one():\n    pass\n")
+    os.utime(repo / "lonely.py", ns=(1, 1))
+    assert "extra_one" in make_map(repo, tmp_path).render(mentioned_idents={"extra_one"}, token_budget=4000)
+    assert len(fits) == 2
+    make_map(repo, tmp_path).render(mentioned_idents={"Engine"}, token_budget=500, count_tokens=len)
+    assert len(fits) == 3  # a caller's own counter is not cached
