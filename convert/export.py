@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gguf
@@ -68,7 +68,7 @@ def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: 
         for p in plan:
             writer.add_tensor_info(p.name, gguf.quant_shape_to_byte_shape(p.shape, p.qtype), np.dtype(np.uint8),
                                    p.nbytes, raw_dtype=p.qtype)
-        if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) == "llama3":
+        if cfg.rope_kind == "llama3":
             writer.add_tensor_info(ROPE_FREQS, (cfg.head_dim // 2,), np.dtype(np.float32), cfg.head_dim * 2)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -110,10 +110,9 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, type_name: str, src: Pat
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
-    scaling = cfg.rope_scaling or {}
-    if scaling.get("rope_type", scaling.get("type")) == "linear":
+    if cfg.rope_kind == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(scaling["factor"]))
+        w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
     if w.arch == PLT:
         for field, key in PLT_KEYS.items():
             value = getattr(cfg, field)
@@ -142,8 +141,8 @@ def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch:
             with safe_open(file, framework="pt") as f:
                 data = _encode(f.get_slice(key), p, cfg, arch, lambda b: progress.advance(task, b))
             w.write_tensor_data(data)
-        if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) == "llama3":
-            plain = ModelConfig(**{**cfg.__dict__, "rope_scaling": None}).rope_inv_freq()
+        if cfg.rope_kind == "llama3":  # llama.cpp's divisors of the plain frequencies
+            plain = replace(cfg, rope_scaling=None).rope_inv_freq()
             w.write_tensor_data((plain / cfg.rope_inv_freq()).numpy().astype(np.float32))
 
 

@@ -57,14 +57,18 @@ class ModelConfig:
         """The same weights run with another loop count (benchmarks and tests only)."""
         return replace(self, num_loops=num_loops)
 
+    @property
+    def rope_kind(self) -> str | None:
+        """The RoPE scaling type (llama3, linear, freq_factors) or None."""
+        return self.rope_scaling.get("rope_type", self.rope_scaling.get("type")) if self.rope_scaling else None
+
     def rope_inv_freq(self) -> torch.Tensor:
         """Per-pair inverse frequencies (fp64 -> fp32), with `llama3` or `linear` scaling."""
         idx = torch.arange(0, self.head_dim, 2, dtype=torch.float64)
         inv_freq = 1.0 / (self.rope_theta ** (idx / self.head_dim))
-        scaling = self.rope_scaling
-        if not scaling:
+        scaling, kind = self.rope_scaling, self.rope_kind
+        if not kind:
             return inv_freq.float()
-        kind = scaling.get("rope_type", scaling.get("type"))
         if kind == "freq_factors":  # llama.cpp's stored divisors (GGUF rope_freqs)
             return (inv_freq / torch.tensor(scaling["factors"], dtype=torch.float64)).float()
         factor = float(scaling["factor"])
