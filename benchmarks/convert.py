@@ -3,10 +3,11 @@
 The checkpoint has the R = 1 llama layout (llama.cpp quantizes only architectures it knows);
 the tensors and their types are those of a PLT model of the same size minus the tiny gates.
 
-Both sides get the same weights and the same number of threads, each run in its own process
-that reports its own peak RSS. Ours goes HF safetensors (bf16) -> q4_k_m GGUF in
-one pass; llama.cpp's `llama_model_quantize` goes from a BF16 GGUF of the same weights (made by
-our converter, not timed) to Q4_K_M. Prints JSON.
+Both sides get the same weights and the same number of threads (our converter: worker
+processes; llama.cpp: nthread), each run as its own process tree whose summed RSS is sampled.
+Ours goes HF safetensors (bf16) -> q4_k_m GGUF in one pass; llama.cpp's `llama_model_quantize`
+goes from a BF16 GGUF of the same weights (made by our converter, not timed) to Q4_K_M.
+Prints JSON.
 Usage: python benchmarks/convert.py [--layers 20] [--threads 1] [--keep DIR]
 """
 
@@ -22,39 +23,47 @@ import tempfile
 import time
 from pathlib import Path
 
-# Each child prints its own peak RSS (VmHWM: the high-water mark of its address space since
-# exec; ru_maxrss would also count the parent's memory at fork time).
-PEAK = """
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print("VmHWM", int(line.split()[1]))
-"""
+import psutil
+
 OURS = """
 import sys
 from loopcli.convert.export import convert
-convert(sys.argv[1], sys.argv[2], "q4_k_m", force=True, show_progress=False)
-""" + PEAK
+if __name__ == "__main__":
+    convert(sys.argv[1], sys.argv[2], "q4_k_m", force=True, show_progress=False, threads=int(sys.argv[3]))
+"""
 LLAMA = """
 import sys, llama_cpp
 params = llama_cpp.llama_model_quantize_default_params()
 params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
 params.nthread = int(sys.argv[3])
-if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params):
-    sys.exit(1)
-""" + PEAK
+sys.exit(1 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params) else 0)
+"""
 
 
 def run(code: str, *args: str, threads: int) -> dict:
-    """Run `code` in a fresh interpreter; wall time and that process's own peak RSS."""
+    """Run `code` in a fresh interpreter: wall time, and the peak of the summed RSS of it and
+    its worker processes (sampled every 20 ms; anonymous and file-mapped pages alike)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
+    with tempfile.NamedTemporaryFile("w", suffix=".py") as script:  # workers import __main__
+        script.write(code)
+        script.flush()
+        t0 = time.perf_counter()
+        proc = psutil.Popen([sys.executable, script.name, *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:  # a worker ended between listing and reading
+                pass
+            time.sleep(0.02)
+        seconds = time.perf_counter() - t0
+        err = proc.stderr.read().decode(errors="replace")
     if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-    peak_kb = int(proc.stdout.split("VmHWM")[-1])
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak_kb / 1024, 1)}
+        return {"error": f"exit {proc.returncode}: {err.strip()[-2000:]}"}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
 def main() -> None:
@@ -82,7 +91,7 @@ def main() -> None:
     if not bf16.exists():
         convert(src, bf16, "bf16", show_progress=False)
 
-    ours = run(OURS, str(src), str(work / "ours-q4_k_m.gguf"), threads=args.threads)
+    ours = run(OURS, str(src), str(work / "ours-q4_k_m.gguf"), str(args.threads), threads=args.threads)
     try:
         import llama_cpp  # noqa: F401
         ref = run(LLAMA, str(bf16), str(work / "llama-q4_k_m.gguf"), str(args.threads), threads=args.threads)

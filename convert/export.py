@@ -8,8 +8,13 @@ a full disk or Ctrl-C leave no partial OUT.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +48,8 @@ class Planned:
 
 
 def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: bool = False,
-            show_progress: bool = True) -> Path:
+            show_progress: bool = True, threads: int = 1) -> Path:
+    """Write the GGUF of checkpoint `src` to `out`; `threads` worker processes quantize."""
     src, out = Path(src), Path(out)
     if type_name not in TYPES:
         raise ModelError(f"unknown --type {type_name!r}; choose one of {', '.join(TYPES)}")
@@ -73,7 +79,7 @@ def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: 
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        _write_tensors(writer, ckpt, cfg, arch, plan, show_progress)
+        _write_tensors(writer, ckpt, cfg, arch, plan, show_progress, threads)
         writer.close()
         os.replace(tmp, out)
     except OSError as exc:
@@ -126,27 +132,56 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, type_name: str, src: Pat
 
 
 def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch: str,
-                   plan: list[Planned], show_progress: bool) -> None:
+                   plan: list[Planned], show_progress: bool, threads: int) -> None:
     total = sum(int(np.prod(p.shape)) * 4 for p in plan)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
     console = Console(stderr=True)  # stdout stays clean for scripts; no bar in logs
     live = show_progress and console.is_terminal
+    jobs = [(*ckpt.location(p.hf), p, cfg, arch) for p in plan]
     with Progress(*columns, console=console, disable=not live, transient=True) as progress:
         task = progress.add_task("converting", total=total)
-        for n, p in enumerate(plan, 1):
-            progress.update(task, description=f"tensor {n}/{len(plan)} {p.name:<28}")
-            file, key = ckpt.location(p.hf)
-            # opened per tensor: closing unmaps the pages read, so RSS stays at one tensor
-            with safe_open(file, framework="pt") as f:
-                data = _encode(f.get_slice(key), p, cfg, arch, lambda b: progress.advance(task, b))
+        for n, (p, data) in enumerate(zip(plan, _encoded(jobs, threads)), 1):
             w.write_tensor_data(data)
+            progress.update(task, advance=int(np.prod(p.shape)) * 4,
+                            description=f"tensor {n}/{len(plan)} {p.name:<28}")
         if cfg.rope_kind == "llama3":  # llama.cpp's divisors of the plain frequencies
             plain = replace(cfg, rope_scaling=None).rope_inv_freq()
             w.write_tensor_data((plain / cfg.rope_inv_freq()).numpy().astype(np.float32))
 
 
-def _encode(sl, p: Planned, cfg: ModelConfig, arch: str, advance) -> np.ndarray:
+def _encoded(jobs: list[tuple], threads: int) -> Iterator[np.ndarray]:
+    """Encoded tensors in plan order; with threads > 1 from worker processes (the GIL makes
+    threads useless here), at most two per worker in flight to bound memory."""
+    if threads <= 1:
+        yield from map(_encode_job, jobs)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    # not fork: the caller may run threads (BLAS, rich), which fork would copy mid-flight
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    pool = ProcessPoolExecutor(threads, mp_context=context)
+    try:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.submit(_encode_job, job))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool as exc:
+        raise ModelError(f"a quantizing worker process died ({exc}); retry with --threads 1") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _encode_job(job: tuple) -> np.ndarray:
+    file, key, p, cfg, arch = job
+    # opened per tensor: closing unmaps the pages read, so RSS stays at one tensor
+    with safe_open(file, framework="pt") as f:
+        return _encode(f.get_slice(key), p, cfg, arch)
+
+
+def _encode(sl, p: Planned, cfg: ModelConfig, arch: str) -> np.ndarray:
     """Read, check and quantize one tensor in row chunks; returns its bytes (or floats)."""
     rows = p.shape[0] if len(p.shape) > 1 else 1
     permute = needs_permute(arch, p.hf)
@@ -161,8 +196,6 @@ def _encode(sl, p: Planned, cfg: ModelConfig, arch: str, advance) -> np.ndarray:
             raise ModelError(f"tensor {p.hf} contains {bad} values; the checkpoint is corrupt, re-download it")
         if permute:
             data = permute_for_llama(data, cfg.num_heads if permute == "q" else cfg.num_kv_heads)
-        data = data.reshape(-1, p.shape[-1])
-        parts.append(quantize(data, p.qtype))
-        advance(data.size * 4)
+        parts.append(quantize(data.reshape(-1, p.shape[-1]), p.qtype))
     out = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return out.reshape(-1) if len(p.shape) == 1 else out

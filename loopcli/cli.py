@@ -99,7 +99,9 @@ def perplexity(model, text_file, ctx, as_json):
 @click.option("--type", "type_name", default="q4_k_m", show_default=True,
               help="f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def convert(src, out, type_name, force):
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes quantizing in parallel (each holds about one tensor).")
+def convert(src, out, type_name, force, threads):
     """Convert an HF checkpoint directory SRC into a (quantized) GGUF file OUT.
 
     R = 1 models become llama.cpp's `llama` / `qwen2` architecture; LoopCoder-V2 (PLT) models
@@ -107,7 +109,7 @@ def convert(src, out, type_name, force):
     """
     from loopcli.convert.export import convert as run
 
-    path = run(src, out, type_name.lower(), force=force, show_progress=True)
+    path = run(src, out, type_name.lower(), force=force, show_progress=True, threads=threads)
     click.echo(f"wrote {path} ({path.stat().st_size:,} bytes)", err=True)
 
 

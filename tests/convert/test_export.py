@@ -292,3 +292,18 @@ def test_full_disk_leaves_no_partial_output(monkeypatch, capsys, tiny, tmp_path)
     code, err = run_cli(monkeypatch, capsys, "convert", str(tiny), str(tmp_path / "o.gguf"))
     assert code == 2 and "No space left on device" in err
     assert [p.name for p in tmp_path.iterdir() if p.name != "src"] == []
+
+
+def test_worker_processes_write_the_same_file(plt_ckpt, tmp_path):
+    one = convert(plt_ckpt, tmp_path / "one.gguf", "q4_k_m", show_progress=False)
+    two = convert(plt_ckpt, tmp_path / "two.gguf", "q4_k_m", show_progress=False, threads=2)
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_worker_errors_reach_the_user(monkeypatch, capsys, tiny, tmp_path):
+    t = load_file(tiny / "model.safetensors")
+    t["model.layers.0.self_attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(t, tiny / "model.safetensors")
+    code, err = run_cli(monkeypatch, capsys, "convert", str(tiny), str(tmp_path / "o.gguf"), "--threads", "2")
+    assert code == 2 and "model.layers.0.self_attn.q_proj.weight contains NaN" in err
+    assert [p.name for p in tmp_path.iterdir() if p.name != "src"] == []
