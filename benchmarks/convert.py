@@ -41,8 +41,9 @@ sys.exit(1 if llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].e
 
 
 def run(code: str, *args: str, threads: int) -> dict:
-    """Run `code` in a fresh interpreter: wall time, and the peak of the summed RSS of it and
-    its worker processes (sampled every 20 ms; anonymous and file-mapped pages alike)."""
+    """Run `code` in a fresh interpreter: wall time, and the peaks of the summed RSS and PSS of
+    it and its worker processes, sampled every 20 ms (RSS counts shared library pages once per
+    process; PSS splits them among the processes sharing them)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads)}
     with tempfile.NamedTemporaryFile("w", suffix=".py") as script:  # workers import __main__
@@ -51,11 +52,13 @@ def run(code: str, *args: str, threads: int) -> dict:
         t0 = time.perf_counter()
         proc = psutil.Popen([sys.executable, script.name, *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        peak = 0
+        peak_rss = peak_pss = 0
         while proc.poll() is None:
             try:
                 tree = [proc, *proc.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree))
+                mem = [p.memory_full_info() for p in tree]
+                peak_rss = max(peak_rss, sum(m.rss for m in mem))
+                peak_pss = max(peak_pss, sum(m.pss for m in mem))
             except psutil.Error:  # a worker ended between listing and reading
                 pass
             time.sleep(0.02)
@@ -63,7 +66,8 @@ def run(code: str, *args: str, threads: int) -> dict:
         err = proc.stderr.read().decode(errors="replace")
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {err.strip()[-2000:]}"}
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss / 2**20, 1),
+            "peak_pss_mb": round(peak_pss / 2**20, 1)}
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from .quants import quantize
 from .recipe import TYPES, tensor_type
 from .vocab import add_vocab
 
-CHUNK_ELEMENTS = 1 << 24  # 64 MB of f32 per quantization chunk
+CHUNK_ELEMENTS = 1 << 22  # 16 MB of f32 per quantization chunk
 
 
 @dataclass
@@ -53,10 +53,10 @@ def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: 
     src, out = Path(src), Path(out)
     if type_name not in TYPES:
         raise ModelError(f"unknown --type {type_name!r}; choose one of {', '.join(TYPES)}")
-    if out.exists() and not force:
-        raise ModelError(f"{out} already exists; pass --force to overwrite it")
     if out.is_dir():
         raise ModelError(f"{out} is a directory; give a file name such as model.gguf")
+    if out.exists() and not force:
+        raise ModelError(f"{out} already exists; pass --force to overwrite it")
     ckpt = Checkpoint(src)
     cfg = ckpt.config
     arch = gguf_arch(cfg)
@@ -67,8 +67,8 @@ def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: 
         raise ModelError(f"cannot write to {out.parent or '.'} ({exc.strerror}); choose a writable output path") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    writer = gguf.GGUFWriter(tmp, arch)
     try:
-        writer = gguf.GGUFWriter(tmp, arch)
         _add_metadata(writer, cfg, type_name, src)
         add_vocab(writer, src, cfg.vocab_size)
         for p in plan:
@@ -81,10 +81,14 @@ def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: 
         writer.write_ti_data_to_file()
         _write_tensors(writer, ckpt, cfg, arch, plan, show_progress, threads)
         writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; the output is an ordinary file
         os.replace(tmp, out)
     except OSError as exc:
         raise ModelError(f"writing {out} failed ({exc.strerror or exc}); nothing was written") from None
     finally:
+        writer.close()
         tmp.unlink(missing_ok=True)
     return out
 
@@ -174,22 +178,23 @@ def _encoded(jobs: list[tuple], threads: int) -> Iterator[np.ndarray]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _encode_job(job: tuple) -> np.ndarray:
-    file, key, p, cfg, arch = job
-    # opened per tensor: closing unmaps the pages read, so RSS stays at one tensor
+def _read_rows(file: Path, key: str, start: int, stop: int | None):
+    # the file is mapped per chunk: closing it unmaps the pages read, so they never pile up
     with safe_open(file, framework="pt") as f:
-        return _encode(f.get_slice(key), p, cfg, arch)
+        sl = f.get_slice(key)
+        return sl[start:stop] if stop is not None else sl[:]
 
 
-def _encode(sl, p: Planned, cfg: ModelConfig, arch: str) -> np.ndarray:
+def _encode_job(job: tuple) -> np.ndarray:
     """Read, check and quantize one tensor in row chunks; returns its bytes (or floats)."""
+    file, key, p, cfg, arch = job
     rows = p.shape[0] if len(p.shape) > 1 else 1
     permute = needs_permute(arch, p.hf)
     # a permuted q/k tensor is reordered within heads: read it whole (it is H x H at most)
     step = rows if permute else max(1, CHUNK_ELEMENTS // max(1, p.shape[-1]))
     parts = []
     for start in range(0, rows, step):
-        chunk = sl[start:start + step] if len(p.shape) > 1 else sl[:]
+        chunk = _read_rows(file, key, start, start + step if len(p.shape) > 1 else None)
         data = chunk.float().numpy()
         if not np.isfinite(data).all():
             bad = "NaN" if np.isnan(data).any() else "Inf"

@@ -1,6 +1,7 @@
 """`loopcli convert` and `loopcli inspect`: types, recipe, round trips, rebuilds, bad input."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -307,3 +308,10 @@ def test_worker_errors_reach_the_user(monkeypatch, capsys, tiny, tmp_path):
     code, err = run_cli(monkeypatch, capsys, "convert", str(tiny), str(tmp_path / "o.gguf"), "--threads", "2")
     assert code == 2 and "model.layers.0.self_attn.q_proj.weight contains NaN" in err
     assert [p.name for p in tmp_path.iterdir() if p.name != "src"] == []
+
+
+def test_output_is_an_ordinary_file(tiny, tmp_path):
+    out = convert(tiny, tmp_path / "o.gguf", "q8_0", show_progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
