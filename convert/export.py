@@ -23,19 +23,16 @@ import numpy as np
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
-from safetensors import safe_open
 
 from loopcli.runtime.checkpoint import Checkpoint
 from loopcli.runtime.config import ModelConfig
 from loopcli.runtime.errors import ModelError
-from loopcli.runtime.gguf_format import (PLT, PLT_KEYS, ROPE_FREQS, gguf_arch, gguf_name,
-                                         needs_permute, permute_for_llama)
+from loopcli.runtime.gguf_format import PLT, PLT_KEYS, ROPE_FREQS, gguf_arch, gguf_name, needs_permute
 
-from .quants import quantize
+from .encode import TensorJob, encode
 from .recipe import TYPES, tensor_type
 from .vocab import add_vocab
 
-CHUNK_ELEMENTS = 1 << 22  # 16 MB of f32 per quantization chunk
 
 
 @dataclass
@@ -135,6 +132,13 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, type_name: str, src: Pat
                 w.add_float32(key, value)
 
 
+def _job(ckpt: Checkpoint, cfg: ModelConfig, arch: str, p: Planned) -> TensorJob:
+    file, key = ckpt.location(p.hf)
+    which = needs_permute(arch, p.hf)
+    heads = {"q": cfg.num_heads, "k": cfg.num_kv_heads}.get(which, 0)
+    return TensorJob(p.hf, file, key, p.shape, p.qtype, heads)
+
+
 def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch: str,
                    plan: list[Planned], show_progress: bool, threads: int) -> None:
     total = sum(int(np.prod(p.shape)) * 4 for p in plan)
@@ -142,7 +146,7 @@ def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch:
                TransferSpeedColumn(), TimeRemainingColumn())
     console = Console(stderr=True)  # stdout stays clean for scripts; no bar in logs
     live = show_progress and console.is_terminal
-    jobs = [(*ckpt.location(p.hf), p, cfg, arch) for p in plan]
+    jobs = [_job(ckpt, cfg, arch, p) for p in plan]
     with Progress(*columns, console=console, disable=not live, transient=True) as progress:
         task = progress.add_task("converting", total=total)
         for n, (p, data) in enumerate(zip(plan, _encoded(jobs, threads)), 1):
@@ -154,11 +158,11 @@ def _write_tensors(w: gguf.GGUFWriter, ckpt: Checkpoint, cfg: ModelConfig, arch:
             w.write_tensor_data((plain / cfg.rope_inv_freq()).numpy().astype(np.float32))
 
 
-def _encoded(jobs: list[tuple], threads: int) -> Iterator[np.ndarray]:
+def _encoded(jobs: list[TensorJob], threads: int) -> Iterator[np.ndarray]:
     """Encoded tensors in plan order; with threads > 1 from worker processes (the GIL makes
     threads useless here), at most two per worker in flight to bound memory."""
     if threads <= 1:
-        yield from map(_encode_job, jobs)
+        yield from map(encode, jobs)
         return
     methods = multiprocessing.get_all_start_methods()
     # not fork: the caller may run threads (BLAS, rich), which fork would copy mid-flight
@@ -167,7 +171,7 @@ def _encoded(jobs: list[tuple], threads: int) -> Iterator[np.ndarray]:
     try:
         pending: deque = deque()
         for job in jobs:
-            pending.append(pool.submit(_encode_job, job))
+            pending.append(pool.submit(encode, job))
             if len(pending) > 2 * threads:
                 yield pending.popleft().result()
         while pending:
@@ -176,31 +180,3 @@ def _encoded(jobs: list[tuple], threads: int) -> Iterator[np.ndarray]:
         raise ModelError(f"a quantizing worker process died ({exc}); retry with --threads 1") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _read_rows(file: Path, key: str, start: int, stop: int | None):
-    # the file is mapped per chunk: closing it unmaps the pages read, so they never pile up
-    with safe_open(file, framework="pt") as f:
-        sl = f.get_slice(key)
-        return sl[start:stop] if stop is not None else sl[:]
-
-
-def _encode_job(job: tuple) -> np.ndarray:
-    """Read, check and quantize one tensor in row chunks; returns its bytes (or floats)."""
-    file, key, p, cfg, arch = job
-    rows = p.shape[0] if len(p.shape) > 1 else 1
-    permute = needs_permute(arch, p.hf)
-    # a permuted q/k tensor is reordered within heads: read it whole (it is H x H at most)
-    step = rows if permute else max(1, CHUNK_ELEMENTS // max(1, p.shape[-1]))
-    parts = []
-    for start in range(0, rows, step):
-        chunk = _read_rows(file, key, start, start + step if len(p.shape) > 1 else None)
-        data = chunk.float().numpy()
-        if not np.isfinite(data).all():
-            bad = "NaN" if np.isnan(data).any() else "Inf"
-            raise ModelError(f"tensor {p.hf} contains {bad} values; the checkpoint is corrupt, re-download it")
-        if permute:
-            data = permute_for_llama(data, cfg.num_heads if permute == "q" else cfg.num_kv_heads)
-        parts.append(quantize(data.reshape(-1, p.shape[-1]), p.qtype))
-    out = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return out.reshape(-1) if len(p.shape) == 1 else out

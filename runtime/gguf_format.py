@@ -8,8 +8,10 @@ own for the gate tensors and the `loopcoder.*` loop keys. docs/gguf-loopcoder.md
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from .config import ModelConfig
+if TYPE_CHECKING:  # kept out at run time: converter workers import this without torch
+    from .config import ModelConfig
 
 PLT = "loopcoder"
 # GGUF architecture -> HF architecture rebuilt when reading

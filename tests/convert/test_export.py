@@ -226,10 +226,10 @@ def test_existing_output_needs_force(monkeypatch, capsys, tiny, tmp_path):
 
 
 def test_interrupt_leaves_no_partial_output(monkeypatch, tiny, tmp_path):
-    import loopcli.convert.export as export
+    import loopcli.convert.encode as encode
 
     calls = {"n": 0}
-    real = export.quantize
+    real = encode.quantize
 
     def interrupted(data, qtype):
         calls["n"] += 1
@@ -237,7 +237,7 @@ def test_interrupt_leaves_no_partial_output(monkeypatch, tiny, tmp_path):
             raise KeyboardInterrupt
         return real(data, qtype)
 
-    monkeypatch.setattr(export, "quantize", interrupted)
+    monkeypatch.setattr(encode, "quantize", interrupted)
     with pytest.raises(KeyboardInterrupt):
         convert(tiny, tmp_path / "o.gguf", "q8_0", show_progress=False)
     assert [p.name for p in tmp_path.iterdir() if p.name != "src"] == []
