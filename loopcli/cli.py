@@ -100,7 +100,7 @@ def perplexity(model, text_file, ctx, as_json):
               help="f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes quantizing in parallel; each adds about 400 MB of memory.")
+              help="Worker processes quantizing in parallel; each adds about 300 MB of memory.")
 def convert(src, out, type_name, force, threads):
     """Convert an HF checkpoint directory SRC into a (quantized) GGUF file OUT.
 
