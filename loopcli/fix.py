@@ -112,6 +112,8 @@ def make_backend(kind: str, model: str | None, base_url: str | None) -> Backend:
     are bad input."""
     from loopcli.backends.factory import make_backend as factory
 
+    if kind in ("local", "llama.cpp") and model and not Path(model).exists():
+        raise FixError(f"model {model} does not exist; give a .gguf file (or a checkpoint directory for local)")
     try:
         return factory(kind, model=model, base_url=base_url)
     except ValueError as exc:

@@ -204,8 +204,11 @@ def write_synthetic(
     raw = synthetic_config(arch, preset, **overrides)
     raw["torch_dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
     cfg = config_from_dict(raw, "synthetic config")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot write to {out.parent} ({exc.strerror}); choose a writable output path") from None
     try:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         _write_weights(tmp, cfg, seed, DTYPES[dtype], shards, std)
@@ -213,6 +216,9 @@ def write_synthetic(
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"writing {out} failed ({exc.strerror or exc}); nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

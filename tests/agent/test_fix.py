@@ -153,6 +153,8 @@ def test_unreachable_server_exits_3(buggy_repo, capsys, monkeypatch):
     (["fix", "x", "--backend", "gpt-cloud"], "Invalid value for '--backend'"),
     (["fix", "x", "--backend", "scripted"], "needs a model"),
     (["fix", "x", "--backend", "scripted", "--model", "/nonexistent.jsonl"], "does not exist"),
+    (["fix", "x", "--backend", "local", "--model", "/nonexistent.gguf"], "model /nonexistent.gguf does not exist"),
+    (["fix", "x", "--backend", "llama.cpp", "--model", "/nonexistent.gguf"], "does not exist"),
 ])
 def test_bad_input_exits_2(args, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

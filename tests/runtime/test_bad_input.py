@@ -123,3 +123,9 @@ def test_synth_refuses_to_overwrite_without_force(monkeypatch, capsys, ckpt):
     code, err = run_cli(monkeypatch, capsys, "synth", str(ckpt))
     assert code == 2 and "--force" in err
     assert (ckpt / "model.safetensors").read_bytes() == before
+
+
+def test_synth_to_an_unwritable_place(monkeypatch, capsys):
+    # /proc refuses new entries even to root, which CI runs as
+    code, err = run_cli(monkeypatch, capsys, "synth", "/proc/loopcli-model")
+    assert code == 2 and "cannot write to /proc" in err and "Traceback" not in err
