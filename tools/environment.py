@@ -26,6 +26,7 @@ import os
 import re
 import resource
 import selectors
+import shutil
 import signal
 import site
 import subprocess
@@ -58,7 +59,7 @@ _CHUNK = 1 << 16
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
-class SandboxError(Exception):
+class SandboxError(ToolError):
     """No sandbox can be made here (not Linux, no bwrap, no user namespaces...)."""
 
 
@@ -199,7 +200,7 @@ class SandboxEnvironment:
                 value = min(value, hard)
             setting.append(f"ulimit {flag} {max(value // unit, 1)}")
         script = " && ".join(setting) + ' || exit 126; exec "$@"'
-        return ["bash", "-c", script, "loopcli-sandbox", *argv]
+        return [_bash(), "-c", script, "loopcli-sandbox", *argv]
 
 
 def make_environment(root: str | os.PathLike, policy: str = DEFAULT_POLICY,
@@ -240,7 +241,7 @@ def sandbox_problem() -> str | None:
         return f"the sandbox needs Linux (bubblewrap); this is {sys.platform}"
     try:
         box = SandboxEnvironment("/", "read-only")
-        proc = subprocess.run([str(box.bwrap), *box.bwrap_args(), "true"],
+        proc = subprocess.run([str(box.bwrap), *box.bwrap_args(), _bash(), "-c", "exit 0"],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
                               env=box.environment())
     except SandboxError as exc:
@@ -271,10 +272,11 @@ def project_python(root: str | os.PathLike) -> Path:
 
 def _needed_paths(root: Path) -> list[Path]:
     """Folders commands need even when they lie under a hidden folder such as $HOME: this
-    interpreter's installation and packages, and the project's interpreter."""
+    interpreter's installation and packages, the project's interpreter, the folders on PATH."""
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
              Path(site.getusersitepackages()), project_python(root).parent.parent}
     paths.update(Path(p) for p in sys.path if p)
+    paths.update(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
     found = []
     for path in paths:
         try:
@@ -285,6 +287,14 @@ def _needed_paths(root: Path) -> list[Path]:
             continue
     # a folder inside another one on the list comes with it
     return [p for p in sorted(found) if not any(p != q and p.is_relative_to(q) for q in found)]
+
+
+def _bash() -> str:
+    """bash by absolute path (what PATH finds), so that the sandbox needs no lookup."""
+    found = shutil.which("bash")
+    if not found:
+        raise SandboxError("bash is not on PATH; the sandbox runs commands with bash")
+    return found
 
 
 def _home() -> Path:
