@@ -199,7 +199,7 @@ def test_policy_from_config_files_and_flags(buggy_repo, tmp_path, capsys, monkey
         trajectory = tmp_path / "t.jsonl"
         code, out, err = run_cli(capsys, monkeypatch, "fix", ISSUE, "--repo", str(buggy_repo),
                                  "--backend", "scripted", "--model", str(script),
-                                 "--trajectory", str(trajectory), *flags)
+                                 "--test-cmd", "true", "--trajectory", str(trajectory), *flags)
         assert code == 0, err
         (buggy_repo / "made-by-shell").unlink(missing_ok=True)
         git(buggy_repo, "checkout", "--", "calc")
