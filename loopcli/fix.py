@@ -363,7 +363,9 @@ def progress_line(event: dict) -> str | None:
     step = f"[dim]step {event.get('step', 0):>3}[/]"
     if kind == "start":
         test = event["test_cmd"] or "none (finish alone resolves)"
-        return f"loopcli fix in {event['repo']} with {event['backend']}; test command: {test}"
+        sandbox = event.get("sandbox", "?") + (" with network" if event.get("network") else "")
+        return (f"loopcli fix in {event['repo']} with {event['backend']}; test command: {test}; "
+                f"sandbox: {sandbox}")
     if kind == "model" and event["prose"].strip():
         return f"{step} [dim]{escape(event['prose'].strip().splitlines()[0][:120])}[/]"
     if kind == "tool":
