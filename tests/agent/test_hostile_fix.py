@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -186,6 +187,24 @@ def test_no_sandbox_means_exit_2_not_an_unconfined_run(buggy_repo, tmp_path, cap
             assert "--sandbox danger-full-access" in err and len(err.splitlines()) == 1
     finally:
         environment.sandbox_problem.cache_clear()
+
+
+def test_without_user_namespaces_fix_refuses_with_exit_2(buggy_repo, tmp_path):
+    """A machine without user namespaces, for real: a user namespace of our own whose limit of
+    nested ones is 0 (the host is untouched)."""
+    outside = tmp_path / "outside.txt"
+    script = write_script(tmp_path / "s.jsonl", [call("shell", command=f"echo x > {outside}"),
+                                                 *FIX_TURNS])
+    fix = [sys.executable, "-m", "loopcli", "fix", ISSUE, "--repo", str(buggy_repo),
+           "--backend", "scripted", "--model", str(script)]
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "bash", "-c",
+                           'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "-", *fix],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: cannot confine the model's commands: bubblewrap failed "
+                                  "its self-test (bwrap: Creating new namespace failed")
+    assert "--sandbox danger-full-access" in proc.stderr and not outside.exists()
+    assert (buggy_repo / "calc" / "ops.py").read_text() != OPS_FIXED
 
 
 def test_policy_from_config_files_and_flags(buggy_repo, tmp_path, capsys, monkeypatch):
