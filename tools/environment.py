@@ -158,10 +158,12 @@ class SandboxEnvironment:
         for path in _needed_paths(self.root):
             if any(path.is_relative_to(h) for h in hidden):
                 args += ["--ro-bind", str(path), str(path)]
+        gits = _git_paths(self.root)
+        if gits and gits[0].parent != self.root:  # the root is a folder inside a work tree
+            args += ["--ro-bind", str(gits[0].parent), str(gits[0].parent)]
         args += ["--bind" if self.policy == "workspace-write" else "--ro-bind",
                  str(self.root), str(self.root)]
-        git = self.root / ".git"
-        if os.path.lexists(git):
+        for git in gits:
             args += ["--ro-bind", str(git), str(git)]
         for path in writable:
             args += ["--bind", str(path), str(path)]
@@ -180,7 +182,9 @@ class SandboxEnvironment:
         path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != python_bin]
         env.update(NON_INTERACTIVE_ENV)
         env.update(PATH=os.pathsep.join([python_bin, *path]),
-                   HOME=str(_home()), TMPDIR="/tmp")
+                   HOME=str(_home()), TMPDIR="/tmp",
+                   # the root and .git are mounts of their own: let git look past them
+                   GIT_DISCOVERY_ACROSS_FILESYSTEM="1")
         venv = self.root / ".venv"
         if (venv / "pyvenv.cfg").is_file():
             env["VIRTUAL_ENV"] = str(venv)
@@ -268,6 +272,30 @@ def project_python(root: str | os.PathLike) -> Path:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     return Path(sys.executable)
+
+
+def _git_paths(root: Path) -> list[Path]:
+    """The repository's git folders, mounted read-only: the `.git` at or above the root (first;
+    visible even when it lies under a hidden folder, with its work tree), and for a linked
+    worktree the folders its `.git` file points to."""
+    for folder in (root, *root.parents):
+        dot = folder / ".git"
+        if os.path.lexists(dot):
+            break
+    else:
+        return []
+    found = [dot]
+    try:
+        text = dot.read_text(encoding="utf-8", errors="replace") if dot.is_file() else ""
+        if text.startswith("gitdir:"):
+            gitdir = (folder / text[len("gitdir:"):].strip()).resolve()
+            found.append(gitdir)
+            common = gitdir / "commondir"
+            if common.is_file():
+                found.append((gitdir / common.read_text(encoding="utf-8").strip()).resolve())
+    except OSError:
+        pass
+    return [path for path in found if os.path.lexists(path)]
 
 
 def _needed_paths(root: Path) -> list[Path]:

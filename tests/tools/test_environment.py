@@ -85,6 +85,22 @@ def test_git_state_is_read_only(box, repo, command):
 
 
 @linux_only
+def test_git_works_from_a_subfolder_and_a_linked_worktree(repo, tmp_path):
+    """The root may be a folder inside the repository, or a `git worktree` whose git data
+    lies elsewhere; all of it is read-only."""
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "b.txt").write_text("b\n")
+    result = SandboxEnvironment(repo / "pkg").run("git status --short; git log --oneline",
+                                                  timeout=30)
+    assert result.output.splitlines()[0] == "?? ./" and "one" in result.output
+    subprocess.run(["git", "worktree", "add", "-q", "-b", "side", str(tmp_path / "wt")],
+                   cwd=repo, check=True, capture_output=True)
+    box = SandboxEnvironment(tmp_path / "wt")
+    result = box.run("git status --short --branch; git commit -qm x --allow-empty", timeout=30)
+    assert result.output.startswith("## side\n") and "Read-only file system" in result.output
+
+
+@linux_only
 def test_read_only_policy_cannot_write_the_repository(repo):
     result = SandboxEnvironment(repo, "read-only").run("echo x > b.txt; cat a.txt", timeout=30)
     assert "Read-only file system" in result.output and "hello" in result.output
@@ -118,7 +134,8 @@ def test_environment_is_an_allowlist(box, monkeypatch):
     names = {line.split("=", 1)[0] for line in output.splitlines() if "=" in line}
     assert {"PATH", "HOME", "LC_ALL", "TERM", "PAGER"} <= names
     assert names <= (environment.ENV_ALLOWLIST | set(environment.NON_INTERACTIVE_ENV)
-                     | {"HOME", "TMPDIR", "LC_ALL", "PWD", "SHLVL", "_", "OLDPWD"})
+                     | {"HOME", "TMPDIR", "LC_ALL", "PWD", "SHLVL", "_", "OLDPWD",
+                        "GIT_DISCOVERY_ACROSS_FILESYSTEM"})
 
 
 def _serve_once() -> tuple[socket.socket, list]:
