@@ -301,8 +301,10 @@ def _git_paths(root: Path) -> list[Path]:
 def _needed_paths(root: Path) -> list[Path]:
     """Folders commands need even when they lie under a hidden folder such as $HOME: this
     interpreter's installation and packages, the project's interpreter, the folders on PATH."""
+    python = project_python(root)
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
-             Path(site.getusersitepackages()), project_python(root).parent.parent}
+             Path(site.getusersitepackages()), python.parent.parent,
+             python.resolve().parent.parent}  # a venv's interpreter is a link to its base
     paths.update(Path(p) for p in sys.path if p)
     paths.update(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
     found = []
