@@ -241,10 +241,9 @@ def grade(task: Task, work: Path, diff: str | None = None,
     failed = {tid: False for tid in task.test_ids}
     shutil.copytree(task.repo, work, ignore=_COPY_IGNORE)
     if diff and diff.strip():
-        applied = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=work,
-                                 input=diff.encode("utf-8", "surrogateescape"),
-                                 capture_output=True, env={**os.environ, **_GIT_ENV,
-                                                           "GIT_CEILING_DIRECTORIES": str(work.parent)})
+        env = {**os.environ, **_GIT_ENV, "GIT_CEILING_DIRECTORIES": str(work.parent)}
+        applied = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=work, env=env,
+                                 input=diff.encode("utf-8", "replace"), capture_output=True)
         if applied.returncode:
             said = applied.stderr.decode("utf-8", "replace").strip()
             return failed, f"the agent's diff does not apply to the task's repository: {said}"

@@ -142,7 +142,8 @@ class SandboxEnvironment:
         """Run `command` (bash source, or an argv list) in the root, inside the sandbox.
         `writable`: folders outside the root that the command may write (a report);
         `env`: variables added to the allowlisted environment."""
-        argv = [str(self.bwrap), *self.bwrap_args(writable), *self._limited(_argv(command), timeout)]
+        argv = [str(self.bwrap), *self.bwrap_args(writable),
+                *self._limited(_argv(command), timeout)]
         return execute(argv, self.root, {**self.environment(), **(env or {})}, timeout, max_output)
 
     def bwrap_args(self, writable: Sequence[Path] = ()) -> list[str]:

@@ -116,7 +116,8 @@ def test_an_exit_code_that_disagrees_with_the_report_is_unresolved(task, tmp_pat
 
 
 def test_a_diff_that_does_not_apply_is_unresolved(task, tmp_path):
-    tests, note = grade(load_task(task), tmp_path / "g", "--- a/none.py\n+++ b/none.py\n@@ -1 +1 @@\n-x\n+y\n")
+    diff = "--- a/none.py\n+++ b/none.py\n@@ -1 +1 @@\n-x\n+y\n"
+    tests, note = grade(load_task(task), tmp_path / "g", diff)
     assert tests == {F2P: False, P2P: False} and "does not apply" in note
 
 
