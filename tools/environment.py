@@ -156,9 +156,10 @@ class SandboxEnvironment:
             if path != Path("/") and path.is_dir() and not path.is_symlink():
                 args += ["--tmpfs", str(path)]
         # what commands need from under a hidden folder: the interpreters and their packages
-        for path in _needed_paths(self.root):
+        for path in _needed_paths(self.root, project_python(self.root),
+                                  os.environ.get("PATH", ""), tuple(sys.path)):
             if any(path.is_relative_to(h) for h in hidden):
-                args += ["--ro-bind", str(path), str(path)]
+                args += ["--ro-bind-try", str(path), str(path)]  # the list is cached
         gits = _git_paths(self.root)
         if gits and gits[0].parent != self.root:  # the root is a folder inside a work tree
             args += ["--ro-bind", str(gits[0].parent), str(gits[0].parent)]
@@ -299,15 +300,17 @@ def _git_paths(root: Path) -> list[Path]:
     return [path for path in found if os.path.lexists(path)]
 
 
-def _needed_paths(root: Path) -> list[Path]:
+@functools.lru_cache(maxsize=64)  # resolving them costs ~20 ms a call on a loaded machine
+def _needed_paths(root: Path, python: Path, path_variable: str,
+                  sys_path: tuple[str, ...]) -> list[Path]:
     """Folders commands need even when they lie under a hidden folder such as $HOME: this
-    interpreter's installation and packages, the project's interpreter, the folders on PATH."""
-    python = project_python(root)
+    interpreter's installation and packages, the project's interpreter `python`, the folders
+    on PATH."""
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
              Path(site.getusersitepackages()), python.parent.parent,
              python.resolve().parent.parent}  # a venv's interpreter is a link to its base
-    paths.update(Path(p) for p in sys.path if p)
-    paths.update(Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p)
+    paths.update(Path(p) for p in sys_path if p)
+    paths.update(Path(p) for p in path_variable.split(os.pathsep) if p)
     found = []
     for path in paths:
         try:
