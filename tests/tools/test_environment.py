@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -198,7 +199,7 @@ def test_every_process_a_call_started_is_gone_when_it_returns(box):
 def test_timeout_kills_the_sandbox(box):
     started = time.monotonic()
     result = box.run("sleep 100", timeout=1)
-    assert result.timed_out and time.monotonic() - started < 6
+    assert result.timed_out and time.monotonic() - started < 10
 
 
 @linux_only
@@ -207,9 +208,8 @@ def test_file_size_and_cpu_time_are_limited(repo):
     result = box.run("head -c 3000000 /dev/zero > big; echo $?", timeout=30)
     assert (repo / "big").stat().st_size <= 1 << 20
     assert result.output.splitlines()[-1] != "0"
-    started = time.monotonic()
-    spin = box.run([sys.executable, "-c", "while True: pass"], timeout=30)
-    assert spin.exit_code != 0 and time.monotonic() - started < 10
+    spin = box.run([sys.executable, "-c", "while True: pass"], timeout=60)
+    assert not spin.timed_out and spin.exit_code == 128 + signal.SIGKILL  # at the hard limit
 
 
 @linux_only
