@@ -11,12 +11,14 @@ import click
 
 from loopcli import __version__
 from loopcli.backends.factory import KINDS as BACKEND_KINDS
+from loopcli.config import ConfigError
 from loopcli.fix import FixError
 from loopcli.runtime.errors import ModelError
+from loopcli.tools.environment import POLICIES as SANDBOX_POLICIES
 from loopcli.tools.errors import ToolError
 
 # Errors in the user's input: one line on stderr, exit code 2, no traceback.
-USER_ERRORS = (ModelError, ToolError, FixError)
+USER_ERRORS = (ModelError, ToolError, FixError, ConfigError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,6 +148,40 @@ def _backend_options(command):
     return command
 
 
+def _sandbox_options(command):
+    """--sandbox and --network, shared by fix and eval."""
+    command = click.option(
+        "--network/--no-network", default=None,
+        help="Let the model's commands reach the network (default: no; config "
+             "sandbox.network).")(command)
+    return click.option(
+        "--sandbox", "sandbox_policy", type=click.Choice(SANDBOX_POLICIES),
+        help="What the model's commands may touch: read-only, workspace-write (the project "
+             "only, .git read-only; the default) or danger-full-access (no sandbox; config "
+             "sandbox.policy).")(command)
+
+
+def _sandbox(repo: Path | None, policy: str | None, network: bool | None, console):
+    """The sandbox settings from flags and config files; refuses (exit 2) where the sandbox
+    cannot be made; says loudly when there is none."""
+    from loopcli.config import sandbox_settings
+    from loopcli.tools.environment import sandbox_problem
+
+    settings = sandbox_settings(repo, policy, network)
+    for warning in settings.warnings:
+        console.print(f"warning: {warning}", markup=False)
+    if settings.policy == "danger-full-access":
+        console.print("[bold red]WARNING: --sandbox danger-full-access: the model's commands run "
+                      "unconfined, with all your permissions, files, credentials and network.[/]")
+        return settings
+    problem = sandbox_problem()
+    if problem:
+        raise FixError(f"cannot confine the model's commands: {problem}. Fix that, or opt out "
+                       "with --sandbox danger-full-access (commands then run with all your "
+                       "permissions, files, credentials and network)")
+    return settings
+
+
 @cli.command()
 @click.argument("issue")
 @click.option("--repo", type=click.Path(path_type=Path), default=".", show_default=True,
@@ -161,8 +197,9 @@ def _backend_options(command):
 @click.option("--branch", help="Branch name for --commit (implies it); default loopcli/fix-<time>.")
 @click.option("--trajectory", type=click.Path(dir_okay=False, path_type=Path),
               help="Trajectory JSONL file (default under ~/.cache/loopcli/trajectories/).")
+@_sandbox_options
 def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, max_time,
-        as_json, commit, branch, trajectory):
+        as_json, commit, branch, trajectory, sandbox_policy, network):
     """Resolve ISSUE (text, @file, or - for stdin) in a repository, headless.
 
     Progress goes to stderr, the diff to stdout. Exit codes: 0 resolved, 1 not resolved,
@@ -181,6 +218,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     root = check_repo(repo)
     test_cmd = test_cmd or detect_test_command(root)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    sandbox = _sandbox(root, sandbox_policy, network, console)
     try:
         model_backend = make_backend(backend, model, base_url)
     except BackendError as exc:
@@ -197,7 +235,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     config = FixConfig(text, root, model_backend, model=model, test_cmd=test_cmd,
                        limits=Limits(max_steps, max_tokens, max_time),
                        branch=branch or (default_branch() if commit else None),
-                       trajectory=trajectory)
+                       trajectory=trajectory, sandbox=sandbox.policy, network=sandbox.network)
     result = run_fix(config, emit)
     if not as_json:
         click.echo(result.diff, nl=False)
@@ -220,7 +258,9 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Tasks run at the same time (openai or scripted backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
+@_sandbox_options
+def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json, sandbox_policy,
+          network):
     """Run SWE-bench-shaped TASKS (a folder of tasks, or one task) and score them.
 
     Each task runs in a throwaway copy of its repository (no Docker). With --backend scripted,
@@ -238,6 +278,7 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
                        "model runs one task at a time")
     found = load_tasks(tasks)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
+    sandbox = _sandbox(None, sandbox_policy, network, console)
     try:
         backends = task_backends(backend, model, base_url)
     except BackendError as exc:
@@ -249,7 +290,7 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
                       f"{result.seconds:.1f} s)", markup=False)
 
     report = evaluate(found, backends, Limits(max_steps), out_dir=out, on_result=progress,
-                      jobs=jobs)
+                      jobs=jobs, sandbox=sandbox.policy, network=sandbox.network)
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
     if report.exit_code:
         sys.exit(report.exit_code)

@@ -11,9 +11,17 @@ A task is a folder:
 
 Per task: a copy with the test patch must fail every FAIL_TO_PASS test and pass every
 PASS_TO_PASS one, or the task is reported broken. Then the agent runs (`loopcli fix`) on a
-fresh copy made a git repository; the test files named by the ids are put back from the task
-(and the test patch laid over) so that edited tests do not count; the task is resolved when
-every listed test passes. Test ids are pytest node ids, read from pytest's `-rA` summary.
+fresh copy made a git repository; the task is resolved when every listed test passes.
+
+Grading is a trust boundary: the agent's code is not trusted to report on itself. Its diff is
+applied to a fresh copy of the task's repository; the test files named by the ids and every
+test-configuration file (conftest.py, pytest.ini, tox.ini, setup.cfg, pyproject.toml...) are
+put back as the task has them (those the task lacks are removed) and the test patch is laid
+over; pytest runs with this interpreter by absolute path with `-P` (the repository goes on
+sys.path after the standard library and site-packages, so it cannot shadow pytest), plugin
+autoloading off, in the sandbox of the run's policy; outcomes come from a JUnit XML report
+written outside the repository and must agree with pytest's exit code. Test ids are pytest
+node ids.
 """
 
 from __future__ import annotations
@@ -21,26 +29,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from loopcli.fix import FixConfig, FixError, make_backend, run_fix
+from loopcli.fix import FixConfig, FixError, make_backend, make_environment, run_fix
 
 if TYPE_CHECKING:
     from loopcli.agent import Limits
     from loopcli.backends.base import Backend
 
 GRADE_TIMEOUT = 300  # seconds for one grading run of a task's tests
-_PASSED = re.compile(r"^PASSED (\S+)", re.M)
+# Files that configure pytest (or plug code into it): graded as the task has them, wherever
+# they are in the tree.
+TEST_CONFIG_FILES = frozenset({"conftest.py", "pytest.ini", ".pytest.ini", "pytest.toml",
+                               ".pytest.toml", "tox.ini", "setup.cfg", "pyproject.toml"})
+# pytest with the repository (the working directory) last on sys.path: run with -P, the
+# repository is not on it when pytest is imported, and cannot shadow it or the stdlib.
+_PYTEST_BOOT = ("import os, sys, pytest; sys.path.append(os.getcwd()); "
+                "raise SystemExit(int(pytest.main(sys.argv[1:])))")
+_GRADE_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 _COPY_IGNORE = shutil.ignore_patterns("__pycache__", ".pytest_cache", "*.pyc")
 _GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
             "GIT_AUTHOR_NAME": "loopcli-eval", "GIT_AUTHOR_EMAIL": "eval@localhost",
@@ -159,11 +175,13 @@ def task_backends(kind: str, model: str | None, base_url: str | None) -> Callabl
 
 def evaluate(tasks: list[Task], backends: Callable[[Task], Backend], limits: Limits,
              out_dir: Path | None = None, on_result: Callable[[TaskResult], None] | None = None,
-             jobs: int = 1) -> Report:
-    """Run every task (`jobs` at a time); results in the order of `tasks`."""
+             jobs: int = 1, sandbox: str = "workspace-write", network: bool = False) -> Report:
+    """Run every task (`jobs` at a time); results in the order of `tasks`. The agent's
+    commands and the grading run in the sandbox of policy `sandbox`."""
     with tempfile.TemporaryDirectory(prefix="loopcli-eval-") as tmp, _task_environment():
         def one(task: Task) -> TaskResult:
-            result = run_task(task, backends, limits, Path(tmp) / task.name, out_dir)
+            result = run_task(task, backends, limits, Path(tmp) / task.name, out_dir,
+                              sandbox=sandbox, network=network)
             if on_result:
                 on_result(result)
             return result
@@ -178,9 +196,10 @@ def evaluate(tasks: list[Task], backends: Callable[[Task], Backend], limits: Lim
 
 
 def run_task(task: Task, backends: Callable[[Task], Backend], limits: Limits, work: Path,
-             out_dir: Path | None = None) -> TaskResult:
+             out_dir: Path | None = None, sandbox: str = "workspace-write",
+             network: bool = False) -> TaskResult:
     started = time.monotonic()
-    problem = check_task(task, work / "check")
+    problem = check_task(task, work / "check", sandbox)
     if problem:
         return TaskResult(task.name, "broken", message=problem,
                           seconds=round(time.monotonic() - started, 2))
@@ -188,20 +207,22 @@ def run_task(task: Task, backends: Callable[[Task], Backend], limits: Limits, wo
     trajectory = (out_dir or work) / f"{task.name}.jsonl"
     fixed = run_fix(FixConfig(task.issue, repo, backends(task), test_cmd=task.test_cmd,
                               limits=limits, trajectory=trajectory,
-                              store_dir=work / "checkpoints", map_cache=work / "repomap"))
-    tests = grade(task, repo)
+                              store_dir=work / "checkpoints", map_cache=work / "repomap",
+                              sandbox=sandbox, network=network))
+    tests, note = grade(task, work / "grade", fixed.diff, sandbox)
     run = fixed.run
     return TaskResult(task.name, "resolved" if all(tests.values()) else "unresolved",
                       agent_status=fixed.status, steps=run.steps,
                       turns_well_formed=run.turns_well_formed, tokens=run.tokens,
                       seconds=round(time.monotonic() - started, 2), tests=tests,
-                      message=fixed.message)
+                      message="; ".join(filter(None, [fixed.message, note])))
 
 
-def check_task(task: Task, work: Path) -> str | None:
+def check_task(task: Task, work: Path, sandbox: str = "workspace-write") -> str | None:
     """Why the task is broken (a FAIL_TO_PASS test passes unfixed, ...), or None."""
-    shutil.copytree(task.repo, work, ignore=_COPY_IGNORE)
-    tests = grade(task, work)
+    tests, note = grade(task, work, None, sandbox)
+    if note:
+        return f"the unfixed copy cannot be graded: {note}"
     passing = [t for t in task.fail_to_pass if tests[t]]
     failing = [t for t in task.pass_to_pass if not tests[t]]
     problems = []
@@ -212,22 +233,101 @@ def check_task(task: Task, work: Path) -> str | None:
     return "; ".join(problems) or None
 
 
-def grade(task: Task, repo: Path) -> dict[str, bool]:
-    """Put the task's test files back, run the listed tests; test id -> passed."""
-    for test_file in {tid.split("::")[0] for tid in task.test_ids}:
-        original = task.repo / test_file
-        if original.is_file():
-            shutil.copyfile(original, repo / test_file)
-    if (task.root / "test_patch").is_dir():
-        shutil.copytree(task.root / "test_patch", repo, dirs_exist_ok=True, ignore=_COPY_IGNORE)
-    cmd = f"{task.test_cmd} -rA -p no:cacheprovider {' '.join(map(shlex.quote, task.test_ids))}"
+def grade(task: Task, work: Path, diff: str | None = None,
+          sandbox: str = "workspace-write") -> tuple[dict[str, bool], str]:
+    """Apply `diff` to a fresh copy of the task's repository at `work`, put the tests and their
+    configuration back, run the listed tests: (test id -> passed, a note when the grading
+    itself went wrong; every test then counts as failed)."""
+    failed = {tid: False for tid in task.test_ids}
+    shutil.copytree(task.repo, work, ignore=_COPY_IGNORE)
+    if diff and diff.strip():
+        env = {**os.environ, **_GIT_ENV, "GIT_CEILING_DIRECTORIES": str(work.parent)}
+        applied = subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=work, env=env,
+                                 input=diff.encode("utf-8", "replace"), capture_output=True)
+        if applied.returncode:
+            said = applied.stderr.decode("utf-8", "replace").strip()
+            return failed, f"the agent's diff does not apply to the task's repository: {said}"
+    restore_tests(task, work)
+    words = shlex.split(task.test_cmd)
+    options = words[next((i + 1 for i, w in enumerate(words) if Path(w).name == "pytest"),
+                         len(words)):]
+    flag = "-P" if sys.version_info >= (3, 11) else "-I"  # -I: the closest before 3.11
+    with tempfile.TemporaryDirectory(prefix="loopcli-grade-") as reports:
+        report = Path(reports) / "junit.xml"
+        argv = [sys.executable, flag, "-c", _PYTEST_BOOT, *options, "-p", "no:cacheprovider",
+                f"--rootdir={work}", f"--junitxml={report}", *task.test_ids]
+        result = make_environment(work, sandbox, False).run(
+            argv, timeout=GRADE_TIMEOUT, max_output=4000, writable=[Path(reports)], env=_GRADE_ENV)
+        if result.timed_out:
+            return failed, f"the tests timed out after {GRADE_TIMEOUT} s"
+        outcomes = read_junit(report, task.test_ids)
+    if outcomes is None:
+        return failed, (f"pytest wrote no readable report (exit code {result.exit_code}): "
+                        f"{result.output[-500:].strip()}")
+    if (result.exit_code == 0) != all(outcomes.values()):
+        return failed, (f"the report ({sum(outcomes.values())} of {len(outcomes)} listed tests "
+                        f"passed) disagrees with pytest's exit code {result.exit_code}")
+    return outcomes, ""
+
+
+def restore_tests(task: Task, repo: Path) -> None:
+    """Put back the test files named by the ids and every test-configuration file as the task
+    has them (removing those it lacks), then lay the test patch over."""
+    for folder, dirs, files in os.walk(repo):  # symlinked folders are not followed
+        for name in TEST_CONFIG_FILES.intersection(files):
+            os.unlink(os.path.join(folder, name))
+    originals = {p.relative_to(task.repo).as_posix() for p in task.repo.rglob("*")
+                 if p.name in TEST_CONFIG_FILES and p.is_file()}
+    originals |= {tid.split("::")[0] for tid in task.test_ids
+                  if (task.repo / tid.split("::")[0]).is_file()}
+    for rel in sorted(originals):
+        _put_back(task.repo / rel, repo, rel)
+    patch = task.root / "test_patch"
+    if patch.is_dir():
+        for path in sorted(patch.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                _put_back(path, repo, path.relative_to(patch).as_posix())
+
+
+def _put_back(source: Path, repo: Path, rel: str) -> None:
+    """Copy `source` to repo/rel, replacing whatever stands there or on the way: a symlink
+    the agent left is removed, never followed out of the copy."""
+    parts = Path(rel).parts
+    folder = repo
+    for part in parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            folder.unlink()
+        folder.mkdir(exist_ok=True)
+    target = folder / parts[-1]
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.is_symlink() or target.exists():
+        target.unlink()
+    shutil.copyfile(source, target)
+
+
+def read_junit(report: Path, test_ids: list[str]) -> dict[str, bool] | None:
+    """Test id -> passed, from pytest's JUnit XML report; None if there is none to read. A
+    test passed if it is reported, and never with a failure, an error or a skip."""
     try:
-        proc = subprocess.run(cmd, shell=True, cwd=repo, capture_output=True, text=True,
-                              timeout=GRADE_TIMEOUT, stdin=subprocess.DEVNULL)
-        passed = set(_PASSED.findall(proc.stdout))
-    except subprocess.TimeoutExpired:
-        passed = set()
-    return {tid: tid in passed for tid in task.test_ids}
+        root = ElementTree.parse(report).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    passed, failed = set(), set()
+    for case in root.iter("testcase"):
+        key = (case.get("classname", ""), case.get("name", ""))
+        bad = any(child.tag in ("failure", "error", "skipped") for child in case)
+        (failed if bad else passed).add(key)
+    return {tid: _junit_key(tid) in passed - failed for tid in test_ids}
+
+
+def _junit_key(test_id: str) -> tuple[str, str]:
+    """(classname, name) that pytest's junitxml writes for a node id."""
+    address, bracket, params = test_id.partition("[")
+    names = address.split("::")
+    names[0] = names[0].replace("/", ".").removesuffix(".py")
+    return ".".join(names[:-1]), names[-1] + bracket + params
 
 
 def _checkout(task: Task, repo: Path) -> Path:
@@ -243,9 +343,10 @@ def _checkout(task: Task, repo: Path) -> Path:
 
 @contextlib.contextmanager
 def _task_environment():
-    """This interpreter's `python` first on PATH (it has pytest), no bytecode files, and no
-    pytest plugins: the tasks use plain pytest, and loading the plugins installed alongside
-    loopcli (hypothesis, ...) costs more than a task's tests take to run."""
+    """For the agent's own test runs: this interpreter's `python` first on PATH (it has
+    pytest), no bytecode files, and no pytest plugins: the tasks use plain pytest, and loading
+    the plugins installed alongside loopcli (hypothesis, ...) costs more than a task's tests
+    take to run."""
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     changes = {"PATH": path, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     saved = {key: os.environ.get(key) for key in changes}

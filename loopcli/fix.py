@@ -2,8 +2,9 @@
 
 Resolved means the model called finish AND the test command passed (or, with no test command,
 the model called finish). The user's branch, index and uncommitted work are never touched:
-tools run in the work tree with checkpoints, git commands that change git state are refused,
-and `--commit` writes the agent's change (the diff from the run's first checkpoint) onto a new
+tools run in the work tree with checkpoints, the model's commands and the test command run in
+the sandbox of the chosen policy (tools/environment.py; `.git` is read-only inside it), and
+`--commit` writes the agent's change (the diff from the run's first checkpoint) onto a new
 branch through a temporary index, then puts the work tree back as it was.
 """
 
@@ -31,10 +32,7 @@ if TYPE_CHECKING:  # the agent's modules load when a run starts, not with the CL
 EXIT_CODES = {"resolved": 0, "loop": 1, "backend_error": 3, "format_errors": 3, "limit": 4}
 TEST_TIMEOUT = 900  # seconds for one run of the test command
 TEST_OUTPUT_CHARS = 6000  # of the test output shown to the model (the end, where failures are)
-# git subcommands that only read; any other one could move a branch or write the index.
-READ_ONLY_GIT = frozenset({"status", "diff", "log", "show", "grep", "blame", "ls-files", "ls-tree",
-                           "rev-parse", "describe", "cat-file", "shortlog", "help", "version"})
-_GIT_SUBCOMMAND = re.compile(r"(?:^|[\s;&|(`])git((?:\s+-\S+)*)\s+([\w-]+)")
+_PYTHON_WORD = re.compile(r"^\s*python3?(?=\s|$)")
 _NPM_PLACEHOLDER = "no test specified"
 
 
@@ -57,6 +55,8 @@ class FixConfig:
     trajectory: Path | None = None
     store_dir: Path | None = None  # checkpoint store (default: the user's cache)
     map_cache: Path | None = None  # repo map tag cache (default: the user's cache)
+    sandbox: str = "workspace-write"  # policy for commands: tools.environment.POLICIES
+    network: bool = False  # commands may reach the network (inside the sandbox)
 
 
 @dataclass
@@ -162,12 +162,23 @@ def _npm_test_script(repo: Path) -> bool:
     return bool(test) and _NPM_PLACEHOLDER not in test
 
 
+def resolve_python(cmd: str, repo: Path) -> str:
+    """A command starting with `python` or `python3` with the project's interpreter by absolute
+    path instead (its venv, else this one), so that it runs where only `python3` is on PATH."""
+    from loopcli.tools.environment import project_python
+
+    return _PYTHON_WORD.sub(lambda m: shlex.quote(str(project_python(repo))), cmd, count=1)
+
+
 def run_tests(toolbox: Toolbox, cmd: str, timeout: float = TEST_TIMEOUT) -> TestRun:
+    """The test command, in the toolbox's environment (the sandbox of the run's policy)."""
     from loopcli.tools import shell
 
     started = time.monotonic()
     try:
-        result = shell.run(toolbox.workspace, cmd, timeout=timeout, max_output=TEST_OUTPUT_CHARS)
+        result = shell.run(toolbox.workspace, resolve_python(cmd, toolbox.workspace.root),
+                           timeout=timeout, max_output=TEST_OUTPUT_CHARS,
+                           environment=toolbox.environment)
     except ToolError as exc:  # e.g. refused as interactive
         return TestRun(False, None, str(exc), round(time.monotonic() - started, 3))
     return TestRun(result.exit_code == 0, result.exit_code, result.render(),
@@ -175,20 +186,6 @@ def run_tests(toolbox: Toolbox, cmd: str, timeout: float = TEST_TIMEOUT) -> Test
 
 
 # ---- git ----------------------------------------------------------------------------------
-
-
-def refuse_git_writes(name: str, arguments: dict | str) -> str | None:
-    """A refusal for shell commands that run git subcommands able to change git state."""
-    if name != "shell":
-        return None
-    command = arguments.get("command", "") if isinstance(arguments, dict) else str(arguments)
-    for match in _GIT_SUBCOMMAND.finditer(command):
-        if match.group(1).strip() or match.group(2) not in READ_ONLY_GIT:
-            return (f"Refused: `git {match.group(2)}` could change the user's branch, index or "
-                    "history, which this session must not touch. Only edit files; loopcli "
-                    "records your change itself. Read-only git commands are allowed: "
-                    f"{', '.join(sorted(READ_ONLY_GIT))} (without options before the subcommand).")
-    return None
 
 
 def _git(repo: Path, *args: str, env: dict | None = None, stdin: str | None = None,
@@ -253,6 +250,22 @@ def restore_start(toolbox: Toolbox, start: str) -> None:
 # ---- the run ------------------------------------------------------------------------------
 
 
+def make_environment(repo: Path, policy: str, network: bool):
+    """Where the model's commands run for `policy`; FixError (exit 2) when it needs a sandbox
+    that cannot be made here: never silently unconfined."""
+    from loopcli.tools.environment import SandboxError
+    from loopcli.tools.environment import make_environment as make
+
+    try:
+        return make(repo, policy, network)
+    except ValueError as exc:
+        raise FixError(str(exc)) from None
+    except SandboxError as exc:
+        raise FixError(f"cannot confine the model's commands: {exc}. Fix that, or opt out with "
+                       "--sandbox danger-full-access (commands then run with all your "
+                       "permissions, files, credentials and network)") from None
+
+
 def default_trajectory(repo: Path) -> Path:
     from loopcli.agent import user_cache_dir
 
@@ -270,7 +283,8 @@ def run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
     limits = config.limits or Limits()
     if config.branch:
         check_branch(repo, config.branch)
-    toolbox = Toolbox(repo, store_dir=config.store_dir)
+    toolbox = Toolbox(repo, store_dir=config.store_dir,
+                      environment=make_environment(repo, config.sandbox, config.network))
     start = toolbox.checkpoints.snapshot("start of loopcli fix")
     prompt = build_system_prompt(toolbox, config.backend, config.issue, config.test_cmd,
                                  config.map_cache)
@@ -283,9 +297,9 @@ def run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
 
         record({"type": "start", "repo": str(repo), "backend": config.backend.name,
                 "model": config.model, "test_cmd": config.test_cmd, "trajectory": str(path),
+                "sandbox": config.sandbox, "network": config.network,
                 "limits": vars(limits), "issue": config.issue, "system_prompt": prompt})
-        agent = Agent(config.backend, toolbox, prompt, limits=limits, record=record,
-                      guard=refuse_git_writes)
+        agent = Agent(config.backend, toolbox, prompt, limits=limits, record=record)
         if config.test_cmd:
             agent.verify = _verifier(toolbox, config.test_cmd, agent.emit)
         try:
@@ -349,7 +363,9 @@ def progress_line(event: dict) -> str | None:
     step = f"[dim]step {event.get('step', 0):>3}[/]"
     if kind == "start":
         test = event["test_cmd"] or "none (finish alone resolves)"
-        return f"loopcli fix in {event['repo']} with {event['backend']}; test command: {test}"
+        sandbox = event.get("sandbox", "?") + (" with network" if event.get("network") else "")
+        return (f"loopcli fix in {event['repo']} with {event['backend']}; test command: {test}; "
+                f"sandbox: {sandbox}")
     if kind == "model" and event["prose"].strip():
         return f"{step} [dim]{escape(event['prose'].strip().splitlines()[0][:120])}[/]"
     if kind == "tool":

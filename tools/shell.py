@@ -1,205 +1,46 @@
-"""Running shell commands for the model: non-interactive, bounded in time and in output.
+"""Running shell commands for the model: non-interactive, bounded in time, size and output.
 
 Each command is a fresh ``bash -c`` in the workspace root (no state carries over between
-calls, as in mini-swe-agent), in its own session so that a timeout kills everything it started.
+calls, as in mini-swe-agent), run by an execution environment (tools/environment.py: local,
+or confined by the sandbox) that kills everything it started on timeout. Here: what the
+model may send (not empty, not huge, no terminal programs).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import selectors
 import shlex
-import signal
-import subprocess
-import time
-from dataclasses import dataclass
 
+from .environment import LocalEnvironment, ShellResult  # noqa: F401  (ShellResult: re-exported)
 from .errors import ToolError
 from .workspace import Workspace
 
-# Keep tools from paging, prompting, colouring or drawing progress bars. CI=1 is left out on
-# purpose: it changes what test runners do (jest stops writing new snapshots, for one).
-NON_INTERACTIVE_ENV = {
-    "PAGER": "cat", "GIT_PAGER": "cat", "MANPAGER": "cat", "SYSTEMD_PAGER": "cat",
-    "GIT_EDITOR": "true", "EDITOR": "true", "VISUAL": "true",
-    "GIT_TERMINAL_PROMPT": "0", "DEBIAN_FRONTEND": "noninteractive", "PIP_NO_INPUT": "1",
-    "TERM": "dumb", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1",
-}
-KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
-DRAIN_GRACE = 1.0  # how long output is still read once bash has exited (background jobs)
-_CHUNK = 1 << 16
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+# A command longer than this is refused before it is parsed or run: it is data written as a
+# command (write it to a file with the write tool instead), and parsing it costs time.
+MAX_COMMAND_BYTES = 64 * 1024
 
 
-@dataclass
-class ShellResult:
-    exit_code: int | None  # None when the command timed out and was killed
-    output: str  # stdout and stderr interleaved; a marker stands where the middle was cut
-    timed_out: bool = False
-    elided: int = 0  # bytes cut from the middle of the output
-    timeout: float = 0.0
-    detached: bool = False  # bash exited but background jobs still held the output open
-
-    def render(self) -> str:
-        """The result as the model reads it: output, then how the command ended."""
-        parts = [self.output.rstrip("\n") if self.output.strip() else "(no output)"]
-        if self.detached:
-            parts.append("[background processes still hold the output open; what they print "
-                         "now is lost. Redirect it to a file: cmd > log 2>&1 &]")
-        if self.timed_out:
-            parts.append(f"[timed out after {self.timeout:g} s: the command and every process "
-                         "it started were killed. Give a larger timeout, or run less at once]")
-        else:
-            parts.append(f"[exit code {self.exit_code}{_signal_note(self.exit_code)}]")
-        return "\n".join(parts)
-
-
-def _signal_note(code: int | None) -> str:
-    if code is None or code >= 0:
-        return ""
-    try:
-        return f": killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f": killed by signal {-code}"
-
-
-def run(ws: Workspace, command: str, timeout: float = 120, max_output: int = 30_000) -> ShellResult:
-    """Run `command` with bash in the workspace root, stdin closed, stdout+stderr merged."""
+def run(ws: Workspace, command: str, timeout: float = 120, max_output: int = 30_000,
+        environment=None) -> ShellResult:
+    """Run `command` with bash in the workspace root, stdin closed, stdout+stderr merged, in
+    `environment` (a tools.environment one; default: a LocalEnvironment, unconfined)."""
     if not command.strip():
         raise ToolError("the command is empty; give the shell command to run")
+    size = len(command.encode("utf-8", "surrogatepass"))
+    if size > MAX_COMMAND_BYTES:
+        raise ToolError(f"the command is {size:,} bytes, over the limit of {MAX_COMMAND_BYTES:,}: "
+                        "write long content to a file with the write tool, then run a short "
+                        "command that uses it")
+    if "\0" in command:
+        raise ToolError("the command contains a NUL byte, which bash cannot take; remove it")
     if timeout <= 0:
         raise ToolError(f"timeout must be a positive number of seconds, got {timeout}")
     refusal = interactive_refusal(command)
     if refusal:
         raise ToolError(refusal)
-    try:
-        proc = subprocess.Popen(
-            ["bash", "-c", command], cwd=ws.root, env={**os.environ, **NON_INTERACTIVE_ENV},
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ToolError(f"cannot start bash: {exc.strerror}; is bash on PATH?") from None
-    output = _HeadTail(max_output)
-    deadline = time.monotonic() + timeout
-    try:
-        detached = _pump(proc, output, deadline)
-        exit_code = proc.wait(timeout=max(deadline - time.monotonic(), 0))
-    except subprocess.TimeoutExpired:
-        exit_code = None
-        _kill_group(proc)
-    except BaseException:  # interrupted (Ctrl-C, a cancelled task): leave nothing running
-        _kill_group(proc)
-        raise
-    text, elided = output.render()
-    return ShellResult(
-        exit_code=exit_code, output=_clean(text), timed_out=exit_code is None, elided=elided,
-        timeout=timeout, detached=detached,
-    )
-
-
-def _pump(proc: subprocess.Popen, output: _HeadTail, deadline: float) -> bool:
-    """Read output until EOF or the deadline; True when bash exited but background jobs
-    kept the pipe open (their later output is dropped rather than waited for)."""
-    fd = proc.stdout.fileno()
-    with proc.stdout, selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        exited_at = None
-        while True:
-            now = time.monotonic()
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > DRAIN_GRACE:
-                return True
-            if exited_at is None and now >= deadline:
-                return False
-            if selector.select(min(deadline - now, 0.1) if exited_at is None else 0.1):
-                chunk = os.read(fd, _CHUNK)
-                if not chunk:
-                    return False
-                output.add(chunk)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the command's whole process group, then SIGKILL whatever is left."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    end = time.monotonic() + KILL_GRACE
-    while time.monotonic() < end:
-        proc.poll()  # reap the leader so that it no longer counts as a member
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        except PermissionError:
-            pass
-        time.sleep(0.05)
-    _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is gone already
-
-
-class _HeadTail:
-    """Keeps the first and last bytes of a stream of any length, and counts the rest."""
-
-    def __init__(self, limit: int):
-        self.head_cap = max(limit, 2) // 2
-        self.tail_cap = max(limit, 2) - self.head_cap
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-        self.newlines = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        self.newlines += chunk.count(b"\n")
-        room = self.head_cap - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        self.tail += chunk
-        if len(self.tail) > self.tail_cap:
-            del self.tail[:len(self.tail) - self.tail_cap]
-
-    def render(self) -> tuple[str, int]:
-        """(text with a marker where the middle was cut, bytes cut)."""
-        elided = self.total - len(self.head) - len(self.tail)
-        if not elided:
-            return (bytes(self.head) + bytes(self.tail)).decode("utf-8", "replace"), 0
-        head, tail = _cut_at_newline(bytes(self.head), bytes(self.tail))
-        elided += len(self.head) - len(head) + len(self.tail) - len(tail)
-        lines = self.newlines - head.count(b"\n") - tail.count(b"\n")
-        marker = f"[... {elided:,} bytes ({lines:,} line breaks) of output elided ...]\n"
-        if not head.endswith(b"\n"):
-            marker = "\n" + marker
-        return head.decode("utf-8", "replace") + marker + tail.decode("utf-8", "replace"), elided
-
-
-def _cut_at_newline(head: bytes, tail: bytes) -> tuple[bytes, bytes]:
-    """Trim the kept pieces to whole lines when a line break is near the cut."""
-    end = head.rfind(b"\n")
-    if end >= len(head) // 2:
-        head = head[:end + 1]
-    start = tail.find(b"\n")
-    if 0 <= start < len(tail) // 2:
-        tail = tail[start + 1:]
-    return head, tail
-
-
-def _clean(text: str) -> str:
-    """Drop colour codes; keep only what a terminal would show of lines redrawn with CR."""
-    text = _ANSI.sub("", text).replace("\r\n", "\n")
-    return "\n".join(_last_redraw(line) if "\r" in line else line for line in text.split("\n"))
-
-
-def _last_redraw(line: str) -> str:
-    return next((part for part in reversed(line.split("\r")) if part), "")
+    environment = environment or LocalEnvironment(ws.root)
+    return environment.run(command, timeout=timeout, max_output=max_output)
 
 
 # ---- refusing interactive programs -------------------------------------------------------

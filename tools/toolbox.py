@@ -85,7 +85,8 @@ def _object(required: tuple[str, ...] = (), **properties: dict) -> dict:
 
 
 def _shell(box: Toolbox, args: dict) -> shell.ShellResult:
-    return shell.run(box.workspace, args["command"], timeout=args.get("timeout", box.shell_timeout))
+    return shell.run(box.workspace, args["command"], timeout=args.get("timeout", box.shell_timeout),
+                     environment=box.environment)
 
 
 def _diff(box: Toolbox, args: dict) -> str:
@@ -224,8 +225,9 @@ class Toolbox:
     """The agent's tools over one workspace, with checkpoints for undo."""
 
     def __init__(self, root: str | os.PathLike, *, store_dir: str | os.PathLike | None = None,
-                 shell_timeout: int = 120):
+                 shell_timeout: int = 120, environment=None):
         self.workspace = Workspace(root)
+        self.environment = environment  # where shell commands run (tools.environment); None: local
         self.checkpoints = Checkpoints(self.workspace, store_dir)
         self.shell_timeout = shell_timeout
         self.tools = {tool.name: tool for tool in TOOLS}

@@ -16,8 +16,7 @@ from agentkit import (FIX_TURNS, ISSUE, OPS_BUGGY, OPS_FIXED, TEST_CMD, call, gi
 from agentkit import buggy_repo, fix_script, hermetic  # noqa: F401  (fixtures)
 from loopcli.agent import Limits
 from loopcli.backends.base import BackendError
-from loopcli.fix import (FixConfig, FixError, detect_test_command, read_issue, refuse_git_writes,
-                         run_fix)
+from loopcli.fix import FixConfig, FixError, detect_test_command, read_issue, run_fix
 
 pytestmark = pytest.mark.usefixtures("hermetic")
 
@@ -306,31 +305,43 @@ def test_commit_needs_a_repository_and_a_new_branch(buggy_repo, fix_script, tmp_
     assert (buggy_repo / "calc" / "ops.py").read_text() == OPS_BUGGY  # refused before running
 
 
-def test_git_commands_that_write_are_refused(buggy_repo, tmp_path):
+def test_git_commands_that_write_fail_on_the_read_only_git(buggy_repo, tmp_path):
     script = write_script(tmp_path / "s.jsonl", [
         call("shell", command="git add -A && git commit -qm sneaky"),
+        call("shell", command="git status --short && git log --oneline"),
         *FIX_TURNS,
     ])
     head = git(buggy_repo, "rev-parse", "HEAD")
     from loopcli.backends.scripted import ScriptedBackend
 
+    trajectory = tmp_path / "t.jsonl"
     result = run_fix(FixConfig(ISSUE, buggy_repo, ScriptedBackend(script), test_cmd=TEST_CMD,
-                               limits=Limits(max_steps=10)))
+                               limits=Limits(max_steps=10), trajectory=trajectory))
     assert result.status == "resolved"
     assert git(buggy_repo, "rev-parse", "HEAD") == head
     assert git(buggy_repo, "diff", "--cached") == ""
+    tools = [e for e in read_events(trajectory) if e["type"] == "tool"]
+    assert not tools[0]["ok"] and "Read-only file system" in tools[0]["output"]
+    assert tools[1]["ok"] and "initial" in tools[1]["output"]
 
 
-@pytest.mark.parametrize("command, refused", [
-    ("git status && git diff HEAD", False),
-    ("git log --oneline -3 | cat", False),
-    ("git commit -am x", True),
-    ("cd sub && git stash", True),
-    ("git -C . checkout main", True),
-    ("python -m pytest -q", False),
-])
-def test_refuse_git_writes(command, refused):
-    assert bool(refuse_git_writes("shell", {"command": command})) is refused
+@pytest.mark.parametrize("policy", ["workspace-write", "danger-full-access"])
+def test_the_test_command_finds_python_where_only_python3_is_on_path(policy, buggy_repo,
+                                                                   fix_script, tmp_path, capsys,
+                                                                   monkeypatch):
+    """`python -m pytest` runs with the project's interpreter by absolute path (this one, as
+    the project has no venv), not whatever `python` PATH has, or none (exit 127)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("bash", "git", "python3"):
+        (bin_dir / name).symlink_to(shutil.which(name, path="/usr/bin:/bin"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    code, out, err = run_cli(capsys, monkeypatch, *fix_args(buggy_repo, fix_script, "--json",
+                                                            "--sandbox", policy))
+    assert code == 0, err
+    test = next(e for e in map(json.loads, out.splitlines()) if e["type"] == "test")
+    assert code == 0 and test["passed"], test["output"]
 
 
 @pytest.mark.parametrize("files, expected", [
