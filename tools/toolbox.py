@@ -246,7 +246,9 @@ class Toolbox:
         if tool.mutates and tool.name != "undo":
             # undo needs none: it keeps the state it replaces itself (see Checkpoints.undo)
             try:
-                self.checkpoints.snapshot(f"{name}: {_label(args)}")
+                # the file an edit names is recorded even if ignored, so undo can restore it
+                touched = [args["path"]] if "path" in args else []
+                self.checkpoints.snapshot(f"{name}: {_label(args)}", paths=touched)
             except ToolError as exc:
                 return ToolResult(f"{name} was not run: no checkpoint could be taken for undo: "
                                   f"{exc}", ok=False, mutated=False)
