@@ -207,7 +207,7 @@ TOOLS: tuple[Tool, ...] = (
         "undo",
         "Put the files back as they were before your last change (replace, write, "
         "replace_symbol, insert_after_symbol or shell). Call it again to go back further. "
-        "Files ignored by .gitignore are not restored.",
+        "Files ignored by .gitignore that only shell commands changed are not restored.",
         _object(),
         True, lambda box, a: box.checkpoints.undo(),
     ),
