@@ -40,7 +40,7 @@ NASTY = ["\ud800", "\udcff", "\x00", "\x1b[31m", "[bold]markup[/]", "\u202e", "Ã
          DEEP, DEEP_OBJECT, "{", "}", ",", '"', "'", "\\", "null"]
 PATHS = ["calc/ops.py", "new.txt", "../outside.txt", "/etc/passwd", "a\x00b", "a\ud800b",
          ".GIT/config", ".git/hooks/pre-commit", "pipe", "", ".", "GIT~1/x", "x" * 300]
-COMMANDS = ["echo hi", "printf '\\000\\377\\376'", "false", "ls -la", "cat pipe < /dev/null &",
+COMMANDS = ["echo hi", "printf '\\000\\377\\376'", "false", "ls -la", "head -c 5 blob",
             "printf 'caf\\351\\n'", "echo \ud800", "echo a\x00b", "git status"]
 TOOLS = ["view", "search", "find_files", "outline", "replace", "write", "shell", "undo", "diff",
          "finish", "no_such_tool", "", "VIEW", "shell\x00"]
