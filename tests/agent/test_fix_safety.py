@@ -48,22 +48,27 @@ def test_binary_and_non_utf8_changes_survive_commit(buggy_repo, tmp_path, capsys
 
 
 def test_two_concurrent_runs_on_one_repository_lose_nothing(buggy_repo, tmp_path):
-    # Each run edits its own file and pauses in the shell, so the two overlap.
-    procs = []
+    # The first run edits a file, then its shell call waits until the second run has ended.
+    release = tmp_path / "release"
+    wait = f"for i in $(seq 1200); do [ -e {release} ] && break; sleep 0.1; done"
+    runs = {}
     for name in ("first", "second"):
         turns = [call("write", path=f"{name}.txt", content=f"{name}\n"),
-                 call("shell", command="sleep 6"), *FIX_TURNS[1:]]
+                 call("shell", command=wait), *FIX_TURNS[1:]]
         script = write_script(tmp_path / f"{name}.jsonl", turns)
-        procs.append(subprocess.Popen(
-            fix_cmd(buggy_repo, script, tmp_path / f"{name}.jsonl.traj"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        time.sleep(1.5)  # the first takes the lock
-    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
-    (first_code, _, _), (second_code, _, second_err) = results
-    assert first_code == 0
+        trajectory = tmp_path / f"{name}.trajectory.jsonl"
+        runs[name] = subprocess.Popen(fix_cmd(buggy_repo, script, trajectory),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while name == "first" and not trajectory.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first run holds the lock once its trajectory exists
+    second_out, second_err = runs["second"].communicate(timeout=120)
+    release.touch()
+    first_out, first_err = runs["first"].communicate(timeout=120)
+    assert runs["first"].returncode == 0, first_err
     assert (buggy_repo / "first.txt").read_text() == "first\n"
     assert (buggy_repo / "calc" / "ops.py").read_text() == OPS_FIXED
-    assert second_code == 5, second_err
+    assert runs["second"].returncode == 5, second_err
     assert "another loopcli run" in second_err and "working in" in second_err
     assert "Traceback" not in second_err
     assert not (buggy_repo / "second.txt").exists()
