@@ -332,14 +332,10 @@ class Trajectory:
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        # backslashreplace: a lone surrogate becomes its JSON escape, so every line stays JSON
-        self._file = open(path, "w", encoding="utf-8", errors="backslashreplace")
+        self._file = open(path, "w", encoding="utf-8")
 
     def write(self, event: dict) -> None:
-        line = json.dumps(event, ensure_ascii=False, default=str)
-        # characters str.splitlines() breaks lines at; json leaves them raw (inside strings)
-        line = line.translate(_LINE_BREAKS)
-        self._file.write(line + "\n")
+        self._file.write(json_line(event) + "\n")
         self._file.flush()
 
     def __enter__(self) -> Trajectory:
@@ -350,6 +346,14 @@ class Trajectory:
 
 
 # ---- helpers ------------------------------------------------------------------------------
+
+
+def json_line(event: dict) -> str:
+    """`event` as one line of JSON that encodes as UTF-8 whatever it holds: lone surrogates (a
+    non-UTF-8 file or directory name) and the characters str.splitlines() breaks at (U+0085,
+    U+2028, U+2029) are written as escapes; both only occur inside JSON strings."""
+    line = json.dumps(event, ensure_ascii=False, default=str).translate(_LINE_BREAKS)
+    return _SURROGATES.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
 def clean_text(text: str) -> str:

@@ -171,7 +171,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     """
     from rich.console import Console
 
-    from loopcli.agent import Limits
+    from loopcli.agent import Limits, json_line
     from loopcli.backends.base import BackendError
     from loopcli.fix import FixConfig, default_branch, progress_line, read_issue, run_fix
     from loopcli.fix import check_repo, detect_test_command, make_backend
@@ -195,7 +195,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
         if line:
             console.print(line)
         if as_json:
-            click.echo(json.dumps(event, ensure_ascii=False, default=str))
+            click.echo(json_line(event))  # one UTF-8 line, whatever names the event holds
 
     config = FixConfig(text, root, model_backend, model=model, test_cmd=test_cmd,
                        limits=Limits(max_steps, max_tokens, max_time),

@@ -262,3 +262,23 @@ def test_lone_surrogates_and_nul_from_a_scripted_model_reach_the_trajectory(tmp_
     assert code == 0  # finish with a non-object argument list still finishes (no summary)
     assert (repo / "n\ufffdw.txt").read_bytes() == "a\x00\ufffd".encode()
     assert not Path(str(repo / "n")).exists()
+
+
+def test_json_events_survive_a_non_utf8_repository_name(tmp_path):
+    import subprocess
+    import sys
+
+    from agentkit import FIX_TURNS, TEST_CMD, write_script
+
+    repo = make_buggy_repo(tmp_path).rename(tmp_path / os.fsdecode(b"caf\xe9-\xff"))
+    script = write_script(tmp_path / "s.jsonl", FIX_TURNS)
+    trajectory = tmp_path / "t.jsonl"
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-m", "loopcli", "fix", ISSUE, "--repo", str(repo),
+                           "--backend", "scripted", "--model", str(script), "--test-cmd",
+                           TEST_CMD, "--json", "--trajectory", str(trajectory)],
+                          capture_output=True, env=env)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    events = [json.loads(line) for line in proc.stdout.decode("utf-8").split("\n") if line]
+    assert events[0]["repo"] == str(repo) and events[-1]["type"] == "result"
+    assert read_events(trajectory)[0]["repo"] == str(repo)
