@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -185,3 +186,15 @@ def test_file_info_refuses_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(ToolError, match="FIFO"):
         Workspace(tmp_path).file_info("pipe")
+
+
+def test_a_device_node_is_refused(tmp_path):
+    try:
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # like /dev/null
+    except PermissionError:
+        pytest.skip("creating a device node needs root (FIFOs and sockets above take the same path)")
+    box = Toolbox(tmp_path, store_dir=tmp_path.parent / f"{tmp_path.name}-store")
+    for tool, extra in CALLS:
+        result = box.call(tool, {"path": "null", **extra})
+        assert not result.ok and "device" in result.output, (tool, result.output)
+    assert stat.S_ISCHR((tmp_path / "null").lstat().st_mode)
