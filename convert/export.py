@@ -3,14 +3,17 @@
 The header and all tensor infos are planned from the safetensors headers alone; the data is
 then read in row chunks (memory-mapped), checked for NaN/Inf, quantized and appended. The
 file is written under a temporary name beside OUT and renamed only when complete, so an error,
-a full disk or Ctrl-C leave no partial OUT.
+a full disk, Ctrl-C or SIGTERM leave no partial OUT (nor the temporary file).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import signal
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +47,27 @@ class Planned:
     nbytes: int
 
 
+def _sigterm_exits(function):
+    """SIGTERM (kill, a job scheduler's timeout) unwinds `function` like Ctrl-C, so its
+    cleanup runs (the .part file is removed), and the process exits 143 (128 + SIGTERM)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return function(*args, **kwargs)  # only the main thread can take signals
+
+        def handler(signum, frame):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one unwinding is enough
+            raise SystemExit(128 + signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, handler)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return wrapper
+
+
+@_sigterm_exits
 def convert(src: str | Path, out: str | Path, type_name: str = "q4_k_m", force: bool = False,
             show_progress: bool = True, threads: int = 1) -> Path:
     """Write the GGUF of checkpoint `src` to `out`; `threads` worker processes quantize."""

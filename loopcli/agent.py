@@ -33,6 +33,10 @@ MAX_IDENTICAL_CALLS = 3  # the 2nd identical call in a row is nudged, the 3rd en
 MESSAGE_OVERHEAD = 4  # tokens a chat template adds around each message
 KEEP_LOG_LINES = 40  # steps listed in a compaction summary
 ARG_PREVIEW = 60
+MAX_ARG_DEPTH = 32  # tool arguments are flat; deeper JSON is refused before anything walks it
+_SURROGATES = re.compile("[\ud800-\udfff]")  # lone ones cannot be encoded as UTF-8
+_TOO_DEEP = f"(arguments nested more than {MAX_ARG_DEPTH} levels deep; send a flat JSON object)"
+_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
 class AgentExit(Exception):
@@ -150,6 +154,11 @@ class Agent:
         except BackendError as exc:
             self.emit("error", message=str(exc))
             raise ModelFailed(f"{self.backend.name} backend failed: {exc}") from exc
+        except Exception as exc:  # a backend bug or a reply it could not handle: still exit 3
+            message = f"{type(exc).__name__}: {exc}"
+            self.emit("error", message=message)
+            raise ModelFailed(f"{self.backend.name} backend failed: {message}") from exc
+        reply = _sanitized(reply)
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         self.tokens += used or context + self.backend.count_tokens(reply.text)
         return reply, context
@@ -162,7 +171,7 @@ class Agent:
         else:
             parsed = parse_tool_calls(reply.text, self.tool_names)
             prose, calls, errors = parsed.text, parsed.calls, parsed.errors
-        calls = [ToolCall(c.name, c.arguments, c.id or f"call_{self.steps}_{i}")
+        calls = [ToolCall(c.name, _safe_arguments(c.arguments), c.id or f"call_{self.steps}_{i}")
                  for i, c in enumerate(calls)]
         self.emit("model", text=reply.text, prose=prose, finish_reason=reply.finish_reason,
                   tool_calls=[_call_dict(c) for c in calls],
@@ -203,7 +212,7 @@ class Agent:
             output, ok = self._finish(call)
         else:
             result = self.toolbox.call(call.name, call.arguments)
-            output, ok = result.output, result.ok
+            output, ok = clean_text(result.output), result.ok  # file names may not be UTF-8
         if self._same_calls == MAX_IDENTICAL_CALLS - 1:
             self.emit("nudge", reason="repeated_call", call=_label(call))
             output = f"{output}\n\n{prompts.REPEAT_NUDGE}"
@@ -326,7 +335,7 @@ class Trajectory:
         self._file = open(path, "w", encoding="utf-8")
 
     def write(self, event: dict) -> None:
-        self._file.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+        self._file.write(json_line(event) + "\n")
         self._file.flush()
 
     def __enter__(self) -> Trajectory:
@@ -339,12 +348,78 @@ class Trajectory:
 # ---- helpers ------------------------------------------------------------------------------
 
 
+def json_line(event: dict) -> str:
+    """`event` as one line of JSON that encodes as UTF-8 whatever it holds: lone surrogates (a
+    non-UTF-8 file or directory name) and the characters str.splitlines() breaks at (U+0085,
+    U+2028, U+2029) are written as escapes; both only occur inside JSON strings."""
+    line = json.dumps(event, ensure_ascii=False, default=str).translate(_LINE_BREAKS)
+    return _SURROGATES.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+def clean_text(text: str) -> str:
+    """`text` with lone surrogates (from a model, or a non-UTF-8 file name) as U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text) if isinstance(text, str) else str(text)
+
+
+def _sanitized(reply):
+    """The reply's text, tool names and ids without lone surrogates (arguments: see
+    _safe_arguments)."""
+    reply.text = clean_text(reply.text)
+    reply.tool_calls = [ToolCall(clean_text(c.name), c.arguments, clean_text(c.id or ""))
+                        for c in reply.tool_calls]
+    return reply
+
+
+def _safe_arguments(arguments):
+    """Arguments that json can dump and the toolbox can check: a dict at most MAX_ARG_DEPTH
+    deep with clean strings, or a string (the toolbox reports one that is not a JSON object)."""
+    value = arguments
+    if isinstance(arguments, str):
+        arguments = clean_text(arguments)
+        try:
+            value = json.loads(arguments)
+        except RecursionError:
+            return _TOO_DEEP
+        except ValueError:
+            return arguments
+        if not isinstance(value, dict):
+            return arguments
+    if _deeper_than(value, MAX_ARG_DEPTH):
+        return _TOO_DEEP
+    if not isinstance(value, dict):  # the toolbox says it must be an object
+        return "" if value is None else clean_text(json.dumps(value, default=str)[:1000])
+    return _clean_json(value)
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """Whether `value` nests containers more than `limit` deep (iterative: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _clean_json(value):
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
+
+
 def _arguments(arguments: dict | str) -> dict:
     if isinstance(arguments, dict):
         return arguments
     try:
         value = json.loads(arguments or "{}")
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -353,7 +428,7 @@ def _canonical(arguments: dict | str) -> str:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return arguments
     return json.dumps(arguments, sort_keys=True, ensure_ascii=False)
 

@@ -203,14 +203,17 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     """Resolve ISSUE (text, @file, or - for stdin) in a repository, headless.
 
     Progress goes to stderr, the diff to stdout. Exit codes: 0 resolved, 1 not resolved,
-    2 bad usage or input, 3 model or backend failure, 4 limit reached.
+    2 bad usage or input, 3 model or backend failure, 4 limit reached, 5 another run holds the
+    repository, 130 Ctrl-C, 143 SIGTERM.
     """
     from rich.console import Console
 
-    from loopcli.agent import Limits
+    from loopcli.agent import Limits, json_line
     from loopcli.backends.base import BackendError
     from loopcli.fix import FixConfig, default_branch, progress_line, read_issue, run_fix
     from loopcli.fix import check_repo, detect_test_command, make_backend
+    from loopcli.fix import EXIT_BUSY, EXIT_TERMINATED, Terminated
+    from loopcli.tools.repolock import RepoBusy
 
     # Test runs must not leave __pycache__ files in the user's tree (and in the agent's diff).
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
@@ -230,13 +233,20 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
         if line:
             console.print(line)
         if as_json:
-            click.echo(json.dumps(event, ensure_ascii=False, default=str))
+            click.echo(json_line(event))  # one UTF-8 line, whatever names the event holds
 
     config = FixConfig(text, root, model_backend, model=model, test_cmd=test_cmd,
                        limits=Limits(max_steps, max_tokens, max_time),
                        branch=branch or (default_branch() if commit else None),
                        trajectory=trajectory, sandbox=sandbox.policy, network=sandbox.network)
-    result = run_fix(config, emit)
+    try:
+        result = run_fix(config, emit)
+    except RepoBusy as exc:
+        console.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_BUSY)
+    except Terminated:
+        console.print(f"terminated by SIGTERM; exit code {EXIT_TERMINATED}", markup=False)
+        raise
     if not as_json:
         click.echo(result.diff, nl=False)
     steps = result.run.steps

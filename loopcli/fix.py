@@ -10,13 +10,16 @@ branch through a temporary index, then puts the work tree back as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,9 @@ if TYPE_CHECKING:  # the agent's modules load when a run starts, not with the CL
     from loopcli.tools.toolbox import Toolbox
 
 EXIT_CODES = {"resolved": 0, "loop": 1, "backend_error": 3, "format_errors": 3, "limit": 4}
+EXIT_BUSY = 5  # another run holds the repository's lock
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # Ctrl-C, SIGTERM (128 + signal number)
+LOCK_WAIT = 3.0  # seconds a second run waits for the repository's lock before refusing
 TEST_TIMEOUT = 900  # seconds for one run of the test command
 TEST_OUTPUT_CHARS = 6000  # of the test output shown to the model (the end, where failures are)
 _PYTHON_WORD = re.compile(r"^\s*python3?(?=\s|$)")
@@ -38,6 +44,13 @@ _NPM_PLACEHOLDER = "no test specified"
 
 class FixError(Exception):
     """Bad input to `fix` (issue, repository, options): exit code 2."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: unwinds the run like Ctrl-C (the result is recorded), then exits 143."""
+
+    def __init__(self):
+        super().__init__(EXIT_TERMINATED)
 
 
 Emit = Callable[[dict], None]
@@ -214,8 +227,9 @@ def check_branch(repo: Path, branch: str) -> None:
         raise FixError(f"branch {branch} already exists; choose another name with --branch")
 
 
-def commit_diff(repo: Path, diff: str, branch: str, message: str) -> str:
-    """Commit `diff` on top of HEAD as new branch `branch`; the user's index and tree stay as is."""
+def commit_diff(repo: Path, patch: bytes, branch: str, message: str) -> str:
+    """Commit `patch` (`git diff --binary` bytes) on top of HEAD as new branch `branch`; the
+    user's index and tree stay as is."""
     top = Path(_git(repo, "rev-parse", "--show-toplevel").stdout.strip())
     prefix = _git(repo, "rev-parse", "--show-prefix").stdout.strip()
     with tempfile.TemporaryDirectory(prefix="loopcli-index-") as tmp:
@@ -225,10 +239,12 @@ def commit_diff(repo: Path, diff: str, branch: str, message: str) -> str:
                        GIT_COMMITTER_NAME="loopcli", GIT_COMMITTER_EMAIL="loopcli@localhost")
         _git(top, "read-tree", "HEAD", env=env)
         directory = [f"--directory={prefix}"] if prefix else []
-        applied = _git(top, "apply", "--cached", *directory, "-", env=env, stdin=diff, check=False)
+        # bytes in: binary files and non-UTF-8 text must reach the commit unchanged
+        applied = subprocess.run(["git", "apply", "--cached", *directory, "-"], cwd=top, env=env,
+                                 input=patch, capture_output=True)
         if applied.returncode:
             raise FixError("the agent's change does not apply to HEAD (it may overlap uncommitted "
-                           f"changes): {applied.stderr.strip()}")
+                           f"changes): {applied.stderr.decode('utf-8', 'replace').strip()}")
         tree = _git(top, "write-tree", env=env).stdout.strip()
         head = _git(top, "rev-parse", "HEAD").stdout.strip()
         commit = _git(top, "commit-tree", tree, "-p", head, "-m", message, env=env).stdout.strip()
@@ -274,7 +290,37 @@ def default_trajectory(repo: Path) -> Path:
 
 
 def run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
-    """Run the agent on config.repo; every event goes to the trajectory, then to `emit`."""
+    """Run the agent on config.repo; every event goes to the trajectory, then to `emit`.
+
+    Holds the repository's lock throughout (RepoBusy when another run keeps it for LOCK_WAIT
+    seconds); SIGTERM ends the run like Ctrl-C, with a result event, as Terminated.
+    """
+    from loopcli.tools.repolock import RepoLock
+
+    with RepoLock(config.repo).acquire(wait=LOCK_WAIT), _sigterm_raises():
+        return _run_fix(config, emit)
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated in the main thread (once: a second one is ignored while the
+    run records its end); other threads cannot take signals and run unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
     from loopcli.agent import Agent, Limits, Trajectory, build_system_prompt
     from loopcli.prompts import TASK_TEMPLATE
     from loopcli.tools.toolbox import Toolbox
@@ -304,13 +350,17 @@ def run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
             agent.verify = _verifier(toolbox, config.test_cmd, agent.emit)
         try:
             run = agent.run(TASK_TEMPLATE.format(issue=config.issue))
-        except KeyboardInterrupt:
-            record({"type": "result", "status": "interrupted", "exit_code": 130})
+            diff = toolbox.checkpoints.diff(start)
+            result = FixResult(run.status, EXIT_CODES[run.status], run.message, diff, run, path)
+            if config.branch and diff:
+                _commit(toolbox, start, config, result, record)
+        except (KeyboardInterrupt, Terminated) as exc:
+            stop = ("terminated", EXIT_TERMINATED) if isinstance(exc, Terminated) \
+                else ("interrupted", EXIT_INTERRUPTED)
+            record({"type": "result", "status": stop[0], "exit_code": stop[1], "resolved": False,
+                    "message": "stopped by SIGTERM" if stop[1] == EXIT_TERMINATED
+                    else "stopped by Ctrl-C", "trajectory": str(path)})
             raise
-        diff = toolbox.checkpoints.diff(start)
-        result = FixResult(run.status, EXIT_CODES[run.status], run.message, diff, run, path)
-        if config.branch and diff:
-            _commit(toolbox, start, config, result, record)
         record(_result_event(result))
     return result
 
@@ -334,7 +384,8 @@ def _commit(toolbox: Toolbox, start: str, config: FixConfig, result: FixResult,
     state = "resolved" if result.status == "resolved" else f"NOT resolved ({result.status})"
     message = f"loopcli fix: {title}\n\n{result.message}\n\nStatus: {state}\n"
     try:
-        result.commit = commit_diff(config.repo, result.diff, config.branch, message)
+        patch = toolbox.checkpoints.patch(start)
+        result.commit = commit_diff(config.repo, patch, config.branch, message)
         result.branch = config.branch
         record({"type": "commit", "branch": config.branch, "commit": result.commit})
         restore_start(toolbox, start)

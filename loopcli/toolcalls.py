@@ -44,9 +44,10 @@ _JSON_FENCE_LANGS = {"", "json", "jsonc", "json5", "tool_call", "tool"}
 _FUNCTION_RE = re.compile(r"<function=([^>\n]*)>(.*?)(?:</function>|\Z)", re.S)
 _PARAM_RE = re.compile(r"<parameter=([^>\n]*)>")
 _TRAILING_COMMA = re.compile(r",\s*[}\]]")
-# A fenced block that failed to parse is only an error when it was meant as a call.
-_CALL_ATTEMPT_RE = re.compile(
-    r"""["'](?:name|tool)["']\s*:.*["'](?:arguments|parameters|args)["']\s*:""", re.S)
+# A fenced block that failed to parse is only an error when it was meant as a call: a name key
+# followed somewhere by an arguments key (two searches, so the time stays linear).
+_NAME_KEY_RE = re.compile(r"""["'](?:name|tool)["']\s*:""")
+_ARG_KEY_RE = re.compile(r"""["'](?:arguments|parameters|args)["']\s*:""")
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _bare_json(text: str):
         return
     try:
         value, end = json.JSONDecoder(strict=False).raw_decode(text, start)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deeply
         value = None
     if value is not None and _is_call_value(value):
         yield start, end, BARE_JSON, lambda: _calls_from_value(value)
@@ -181,8 +182,13 @@ def _json_reader(body: str):
     try:
         value = _loads(body)
     except Malformed:
-        return (lambda: _calls_from_value(_loads(body))) if _CALL_ATTEMPT_RE.search(body) else None
+        return (lambda: _calls_from_value(_loads(body))) if _call_attempt(body) else None
     return (lambda: _calls_from_value(value)) if _is_call_value(value) else None
+
+
+def _call_attempt(body: str) -> bool:
+    name = _NAME_KEY_RE.search(body)
+    return bool(name and _ARG_KEY_RE.search(body, name.end()))
 
 
 def _is_call_value(value) -> bool:
@@ -282,7 +288,7 @@ def _parameter_value(raw: str):
     value = value[:-1] if value.endswith("\n") else value
     try:
         decoded = json.loads(value, parse_constant=_reject)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value
     return decoded if isinstance(decoded, (int, float, bool, dict, list)) else value
 
@@ -330,6 +336,9 @@ def _decode_one(text: str):
     except json.JSONDecodeError as e:
         raise Malformed(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg} "
                         f"(near {_snippet(stripped[max(0, e.pos - 20):e.pos + 20])})") from None
+    except RecursionError:
+        raise Malformed("the JSON is nested too deeply; send a flat object of arguments") \
+            from None
     rest = stripped[end:].strip()
     if rest.strip("}"):
         line = stripped.count("\n", 0, end) + 1

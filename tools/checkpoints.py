@@ -23,12 +23,17 @@ Choices (documented here because callers depend on them):
 
 * Ignored files. The tree is recorded as ``git add --all`` sees it: files ignored by the
   project's ``.gitignore`` files, ``.git/info/exclude`` or ``~/.config/git/ignore`` are not
-  snapshotted (build outputs, ``node_modules``, virtualenvs, large data). They are therefore not
-  protected: an agent that edits or deletes an ignored file cannot undo that. Undo does not
-  delete them either, even when ``.gitignore`` itself changed since the snapshot (files that the
-  snapshot's rules ignore are left alone). Files the user tracks in git despite matching an
-  ignore pattern are covered. ``covers(path)`` answers whether undo protects a path, so an edit
-  tool can warn before touching an uncovered file.
+  snapshotted (build outputs, ``node_modules``, virtualenvs, large data). The last two are read
+  once, when the session starts: emptying ``.git/info/exclude`` mid-session changes nothing.
+  Files the user tracks in git despite matching an ignore pattern are covered, and so is every
+  file passed in ``snapshot(paths=...)`` (the edit tools pass the file they are about to
+  change), ignored or not. Other ignored files are not protected: a shell command that edits or
+  deletes one cannot be undone. ``covers(path)`` answers whether undo protects a path.
+* Undo never deletes a file that could have existed, unrecorded, before the session: a file
+  undo would remove is left alone (and named in its message) when the rules of the target
+  snapshot or of the session's first snapshot ignore it, so a changed ``.gitignore`` cannot
+  turn an ignored user file into one that undo deletes. Every file undo changes or deletes is
+  first recorded in the commit of the state it replaces.
 * User changes between agent steps. A snapshot records whatever is on disk, user edits
   included, and undo restores the snapshot's exact bytes. So undoing back past a point where the
   user edited files reverts those edits too. Before each undo the current tree is committed; its
@@ -37,15 +42,26 @@ Choices (documented here because callers depend on them):
   gitlink, one without commits is skipped), empty directories, and permission bits other than
   the executable bit. When the root is a subdirectory of a repository, ``.gitignore`` files above
   it are not applied. Large files that are not ignored are stored in full.
-* One session per root at a time: two sessions share the shadow index, and git refuses a second
-  writer while the first holds the index lock (reported as a ToolError).
+* Git rejects some names everywhere (``.GIT``, ``.git.``, ``GIT~1``...). A file under such a
+  name is left out of snapshots (so undo neither restores nor deletes it) instead of making
+  every later snapshot fail.
+* Concurrency: each call holds an exclusive ``flock`` on ``<store>/loopcli.lock``, so sessions
+  sharing a store take turns; holding it, a leftover ``index.lock`` (a git process killed
+  mid-snapshot) is known to be stale and removed instead of failing every later call.
+* Growth: each session's commits hang on its own ref. When a new session finds more than
+  MAX_SESSIONS + PRUNE_SLACK session refs, it deletes all but the MAX_SESSIONS newest and runs
+  ``git gc --prune=now``, so a store holds the objects of at most that many sessions. There is
+  no byte cap: a session that snapshots large files stores them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -54,7 +70,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .errors import ToolError
-from .workspace import Workspace
+from .workspace import Workspace, is_git_dir_name
 
 _NAME = "loopcli"
 _EMAIL = "loopcli@localhost"
@@ -72,14 +88,22 @@ _CONFIG = {
     "core.quotePath": "false",
     "commit.gpgSign": "false",
     "gc.auto": "0",
+    "core.excludesFile": os.devnull,  # the user's global ignore file is read once per session
     "advice.addEmbeddedRepo": "false",
 }
 
 # $GIT_DIR/info/attributes outranks the work tree's .gitattributes: store bytes verbatim.
 _ATTRIBUTES = b"* -text -eol -filter -ident -working-tree-encoding\n"
 
-# `git add --all` aborts on a nested repository that has no commit; we exclude it and retry.
+# `git add --all` aborts on a nested repository that has no commit, and on a name git refuses
+# (.GIT, GIT~1...); we exclude it and retry.
 _NO_COMMIT_REPO = re.compile(r"^error: '(.+)/' does not have a commit checked out$", re.M)
+_INVALID_PATH = re.compile(r"^error: invalid path '(.+)'$", re.M)
+
+MAX_SESSIONS = 20  # sessions whose snapshots a store keeps
+PRUNE_SLACK = 5  # prune only when this many more have piled up, so gc runs rarely
+LOCK_WAIT = 120  # seconds a call waits for another session's call on the same store
+_STALE_LOCKS = ("loopcli-index.lock", "packed-refs.lock", "HEAD.lock", "config.lock")
 
 _ID = re.compile(r"[0-9a-f]{4,40}")
 _WHERE_IDS = "ids come from snapshot(), list() or undo()'s message"
@@ -99,10 +123,19 @@ def default_store(root: Path) -> Path:
     return Path(cache) / "loopcli" / "checkpoints" / digest
 
 
-def _exclude_pattern(rel: str) -> bytes:
-    """An anchored ignore pattern matching exactly the directory `rel`."""
-    escaped = re.sub(r"([*?\[\\!#])", r"\\\1", rel)
-    return os.fsencode(f"/{escaped}/")
+def _exclude_pattern(rel: str, directory: bool = True) -> bytes:
+    """An anchored ignore pattern matching exactly `rel` (a directory, or any entry)."""
+    escaped = re.sub(r"([*?\[\\!# ])", r"\\\1", rel)  # spaces too: trailing ones are dropped
+    return os.fsencode(f"/{escaped}{'/' if directory else ''}")
+
+
+def _global_excludes() -> bytes:
+    """Git's default global ignore file (the hermetic calls read no user config)."""
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    try:
+        return Path(config, "git", "ignore").read_bytes()
+    except OSError:
+        return b""
 
 
 class Checkpoints:
@@ -118,23 +151,29 @@ class Checkpoints:
         self.store = Path(store_dir).resolve() if store_dir else default_store(self.root)
         self._store_rel = self._check_store_location()
         self._env = self._hermetic_env()
-        self._session = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        self._session = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(3)}"
         self._stack: list[Snapshot] = []
         self._trees: dict[str, str] = {}
         self._first: str | None = None
         self._head: str | None = None  # newest commit of this session's journal
         self._nested: set[str] = set()
+        self._invalid: set[str] = set()  # paths git refuses to record (.GIT and the like)
         self._excludes: bytes | None = None
+        self._user_excludes = self._read_user_excludes()  # frozen for the session
         self._seeded = False
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
         self._init_store()
 
     # ---- public API -------------------------------------------------------------------------
 
-    def snapshot(self, label: str) -> str:
-        """Record the whole working tree; returns the snapshot id."""
-        when = time.time()
-        tree = self._index_worktree()
-        commit = self._commit(tree, label)
+    def snapshot(self, label: str, paths=()) -> str:
+        """Record the whole working tree, plus `paths` even if ignored; returns the snapshot id."""
+        with self._locked():
+            when = time.time()
+            self._force_add(paths)
+            tree = self._index_worktree()
+            commit = self._commit(tree, label)
         self._stack.append(Snapshot(commit, label, when))
         self._trees[commit] = tree
         self._first = self._first or commit
@@ -142,6 +181,10 @@ class Checkpoints:
 
     def undo(self) -> str:
         """Restore the latest snapshot that differs from the tree now; drop it and later ones."""
+        with self._locked():
+            return self._undo()
+
+    def _undo(self) -> str:
         if not self._stack:
             raise ToolError(
                 "nothing to undo: no checkpoint left in this session (none taken, or all undone)"
@@ -162,16 +205,23 @@ class Checkpoints:
 
     def diff(self, since: str | None = None) -> str:
         """Unified diff from a snapshot (default: this session's first) to the working tree."""
+        return self._diff(since).decode("utf-8", "replace")
+
+    def patch(self, since: str | None = None) -> bytes:
+        """Like diff, as bytes that `git apply` takes: binary files included (``--binary``),
+        contents and names exactly as on disk, whatever their encoding."""
+        return self._diff(since, "--binary", "--full-index")
+
+    def _diff(self, since: str | None, *options: str) -> bytes:
         if since is None:
             if self._first is None:
                 raise ToolError("nothing to diff against: no checkpoint was taken in this session")
             since = self._first
-        base = self._resolve(since)
-        self._index_worktree()
-        out = self._run(
-            "diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv", "-M", base
-        ).stdout
-        return out.decode("utf-8", "replace")
+        with self._locked():
+            base = self._resolve(since)
+            self._index_worktree()
+            return self._run("diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv",
+                             "-M", *options, base).stdout
 
     def list(self) -> list[Snapshot]:
         """The undo stack, oldest first, as (id, label, time) tuples."""
@@ -181,12 +231,40 @@ class Checkpoints:
         """Whether undo protects `path` (False for ignored files and anything in .git)."""
         real = self.workspace.resolve(path)
         rel = self.workspace.relative(real)
-        if ".git" in Path(rel).parts:
+        if any(map(is_git_dir_name, Path(rel).parts)):
             return False
-        self._sync_excludes()
-        self._seed_user_tracked()
+        with self._locked():
+            self._sync_excludes()
+            self._seed_user_tracked()
+            return self._covered(rel)
+
+    def _covered(self, rel: str) -> bool:
+        """Tracked in the shadow index, or not ignored."""
+        if self._run("ls-files", "-z", "--", _literal(rel)).stdout:
+            return True
         # rc 0: ignored; 1: not ignored; 128: e.g. inside a nested repository.
         return self._run("check-ignore", "-q", "--", rel, ok=(0, 1, 128)).returncode == 1
+
+    def _force_add(self, paths) -> None:
+        """Put the existing files among `paths` into the shadow index even if ignored, so the
+        snapshot records them and undo can restore them."""
+        wanted = []
+        for path in paths:
+            try:
+                real = self.workspace.resolve(path)
+                rel = self.workspace.relative(real)
+                if real.is_file() and not any(map(is_git_dir_name, Path(rel).parts)):
+                    wanted.append(rel)
+            except (ToolError, OSError, ValueError):
+                continue  # a path the tool itself will refuse
+        if not wanted:
+            return
+        self._sync_excludes()
+        self._seed_user_tracked()
+        forced = [rel for rel in wanted if not self._covered(rel)]
+        if forced:
+            self._run("add", "--force", "--pathspec-from-file=-", "--pathspec-file-nul",
+                      stdin=b"\0".join(os.fsencode(_literal(rel)) for rel in forced))
 
     # ---- store setup ------------------------------------------------------------------------
 
@@ -219,19 +297,73 @@ class Checkpoints:
         return env
 
     def _init_store(self) -> None:
-        if not (self.store / "HEAD").is_file():
+        try:
+            self.store.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ToolError(f"cannot create checkpoint store {self.store}: {exc}") from exc
+        with self._locked():
+            if not (self.store / "HEAD").is_file():
+                env = {k: v for k, v in self._env.items() if k != "GIT_INDEX_FILE"}
+                cmd = [self._git, "init", "--bare", "--quiet", "--template=", str(self.store)]
+                self._call(cmd, "init", env)
+            info = self.store / "info"
+            info.mkdir(exist_ok=True)
+            attributes = info / "attributes"
+            if not attributes.is_file() or attributes.read_bytes() != _ATTRIBUTES:
+                attributes.write_bytes(_ATTRIBUTES)
+            self._prune_sessions()
+
+    def _prune_sessions(self) -> None:
+        """Keep the MAX_SESSIONS newest sessions' refs once PRUNE_SLACK more have piled up;
+        gc then drops the objects only the deleted ones reached."""
+        refs = self._out("for-each-ref", "--format=%(refname)", "refs/loopcli/").split()
+        if len(refs) <= MAX_SESSIONS + PRUNE_SLACK:
+            return
+        # session names start with their start time, so name order is age order
+        old = sorted(refs, key=lambda ref: ref.rsplit("/", 1)[-1])[:-MAX_SESSIONS]
+        self._run("update-ref", "--stdin", stdin="".join(f"delete {r}\n" for r in old).encode())
+        self._run("gc", "--prune=now", "--quiet")
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the store's flock (reentrant); on taking it, clear locks a killed git left."""
+        if self._lock_depth == 0:
+            self._lock_fd = self._acquire_store_lock()
+            self._clear_stale_locks()
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _acquire_store_lock(self) -> int:
+        try:
+            fd = os.open(self.store / "loopcli.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ToolError(f"cannot open the checkpoint store's lock: {exc.strerror}") from None
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
             try:
-                self.store.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ToolError(f"cannot create checkpoint store {self.store}: {exc}") from exc
-            env = {k: v for k, v in self._env.items() if k != "GIT_INDEX_FILE"}
-            cmd = [self._git, "init", "--bare", "--quiet", "--template=", str(self.store)]
-            self._call(cmd, "init", env)
-        info = self.store / "info"
-        info.mkdir(exist_ok=True)
-        attributes = info / "attributes"
-        if not attributes.is_file() or attributes.read_bytes() != _ATTRIBUTES:
-            attributes.write_bytes(_ATTRIBUTES)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise ToolError(f"checkpoint store {self.store} stayed busy for {LOCK_WAIT} s "
+                                    "(another loopcli session is using it)") from None
+                time.sleep(0.05)
+
+    def _clear_stale_locks(self) -> None:
+        """Every loopcli call on the store holds its flock, so a git lock file present now was
+        left by a git process that was killed (an interrupted snapshot)."""
+        stale = [self.store / name for name in _STALE_LOCKS]
+        stale += (self.store / "refs" / "loopcli").glob("*.lock")
+        for path in stale:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # ---- git plumbing -----------------------------------------------------------------------
 
@@ -283,11 +415,13 @@ class Checkpoints:
             proc = self._run("add", "--all", ok=(0, 128))
             if proc.returncode == 0:
                 return self._out("write-tree")
-            err = proc.stderr.decode("utf-8", "replace")
-            found = set(_NO_COMMIT_REPO.findall(err))
-            if not found - self._nested:
+            err = proc.stderr.decode("utf-8", "surrogateescape")  # paths round-trip to bytes
+            nested = set(_NO_COMMIT_REPO.findall(err))
+            invalid = {_refused_prefix(p) for p in _INVALID_PATH.findall(err)}
+            if not (nested - self._nested or invalid - self._invalid):
                 raise ToolError(f"checkpoint store: git add failed: {err.strip()}")
-            self._nested |= found
+            self._nested |= nested
+            self._invalid |= invalid
             self._sync_excludes()
 
     def _sync_excludes(self) -> None:
@@ -296,14 +430,20 @@ class Checkpoints:
         if self._store_rel:
             parts.append(_exclude_pattern(self._store_rel) + b"\n")
         parts += [_exclude_pattern(rel) + b"\n" for rel in sorted(self._nested)]
-        try:
-            parts.append((self.root / ".git" / "info" / "exclude").read_bytes())
-        except OSError:
-            pass  # not a git repository, or no exclude file
+        parts += [_exclude_pattern(rel, directory=False) + b"\n" for rel in sorted(self._invalid)]
+        parts.append(self._user_excludes)
         content = b"".join(parts)
         if content != self._excludes:
             (self.store / "info" / "exclude").write_bytes(content)
             self._excludes = content
+
+    def _read_user_excludes(self) -> bytes:
+        """The user's .git/info/exclude and global ignore file, as they are now."""
+        try:
+            local = (self.root / ".git" / "info" / "exclude").read_bytes()
+        except OSError:
+            local = b""  # not a git repository, or no exclude file
+        return b"\n".join([local, _global_excludes(), b""])
 
     def _seed_user_tracked(self) -> None:
         """Once per session: add files the user tracks although they match an ignore rule."""
@@ -322,14 +462,14 @@ class Checkpoints:
         paths = [p for p in listed if os.path.lexists(self.root / os.fsdecode(p))]
         if paths:
             self._run("add", "--force", "--pathspec-from-file=-", "--pathspec-file-nul",
-                      stdin=b"\0".join(paths))
+                      stdin=b"\0".join(b":(literal)" + p for p in paths))
 
     # ---- restoring --------------------------------------------------------------------------
 
     def _restore(self, current: str, target: str) -> tuple[list[tuple[str, str]], list[str]]:
         """Make the work tree (and shadow index) equal `target`; returns (changes, spared)."""
         changes = self._changes(current, target)
-        spared = self._ignored_by_target(changes, target)
+        spared = self._spared(changes, target)
         if spared:
             # Out of the index, they are untracked ignored files: read-tree leaves them alone.
             self._run("update-index", "--force-remove", "-z", "--stdin",
@@ -345,24 +485,31 @@ class Checkpoints:
         pairs = zip(fields[::2], fields[1::2])
         return [(status.decode(), os.fsdecode(path)) for status, path in pairs]
 
-    def _ignored_by_target(self, changes: list[tuple[str, str]], target: str) -> list[str]:
-        """Paths undo would delete that the target's own ignore rules ignore.
-
-        Such a file was invisible to the snapshot (it may well have existed then), so deleting
-        it would destroy data undo cannot bring back. Only needed when a .gitignore changed.
-        """
+    def _spared(self, changes: list[tuple[str, str]], target: str) -> list[str]:
+        """Paths undo would delete that the target's or the session's first snapshot's ignore
+        rules ignore: invisible to snapshots, such a file may have existed before the session,
+        so deleting it could destroy work undo cannot bring back."""
         removed = [p for s, p in changes if s == "D"]
-        if not removed or not any(Path(p).name == ".gitignore" for _, p in changes):
+        if not removed:
             return []
-        listing = self._run("ls-tree", "-r", "-z", "--name-only", target).stdout.split(b"\0")
+        trees = dict.fromkeys([target, self._trees.get(self._first or "", target)])
+        spared: set[str] = set()
+        for tree in trees:
+            spared |= set(self._ignored_by(tree, removed))
+        return [p for p in removed if p in spared]
+
+    def _ignored_by(self, tree: str, paths: list[str]) -> list[str]:
+        """Those of `paths` that the .gitignore files of `tree` (and the session's excludes)
+        ignore."""
+        listing = self._run("ls-tree", "-r", "-z", "--name-only", tree).stdout.split(b"\0")
         rules = [os.fsdecode(p) for p in listing if p and Path(os.fsdecode(p)).name == ".gitignore"]
         with tempfile.TemporaryDirectory() as tmp:
             for rel in rules:
                 dest = Path(tmp, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(self._run("cat-file", "blob", f"{target}:{rel}").stdout)
+                dest.write_bytes(self._run("cat-file", "blob", f"{tree}:{rel}").stdout)
             proc = self._run("check-ignore", "--no-index", "-z", "--stdin", ok=(0, 1),
-                             work_tree=Path(tmp), stdin=b"\0".join(os.fsencode(p) for p in removed))
+                             work_tree=Path(tmp), stdin=b"\0".join(os.fsencode(p) for p in paths))
         return [os.fsdecode(p) for p in proc.stdout.split(b"\0") if p]
 
     def _describe(self, target: Snapshot, changes, spared: list[str], saved: str) -> str:
@@ -371,7 +518,7 @@ class Checkpoints:
             ("changed back", [p for s, p in changes if s in "MT"]),
             ("recreated (deleted since)", [p for s, p in changes if s == "A"]),
             ("deleted (created since)", [p for s, p in changes if s == "D"]),
-            ("left alone (ignored at that checkpoint)", spared),
+            ("left alone (ignored, so perhaps older than this session)", spared),
         ]
         lines = [f"Restored checkpoint {target.id[:8]} '{target.label}' taken at {when}."]
         for title, paths in groups:
@@ -385,3 +532,17 @@ class Checkpoints:
         )
         return "\n".join(lines)
 
+
+
+def _refused_prefix(path: str) -> str:
+    """The part of a path git refused up to its first .git look-alike (the whole path if none)."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if is_git_dir_name(part):
+            return "/".join(parts[:i + 1])
+    return path
+
+
+def _literal(rel: str) -> str:
+    """A pathspec naming exactly `rel`: no glob characters, no other magic."""
+    return f":(literal){rel}"

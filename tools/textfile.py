@@ -14,23 +14,24 @@ Reading detects:
   file has no convention, so its first content is written as given).
 
 Writes are atomic (a temp file in the same directory, then ``os.replace``) and keep the
-file's mode bits. Replacing the file breaks hard links and gives it the writer's owner; a
-symlink is followed by the caller's path resolution, so the link itself stays.
+file's mode bits. Reads and writes go through directory descriptors without following symlinks
+(``workspace.read_file`` / ``write_file``), so a parent swapped for a symlink after the path was
+checked cannot redirect them. Replacing the file breaks hard links and gives it the writer's
+owner; a symlink is followed by the caller's path resolution, so the link itself stays.
 """
 
 from __future__ import annotations
 
 import bisect
 import codecs
-import contextlib
 import functools
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import workspace
 from .errors import ToolError
 
 _BOMS = (
@@ -120,8 +121,8 @@ def _text_file(raw: str, encoding: str, bom: bytes) -> TextFile:
 def read(path: Path) -> TextFile:
     """Read and decode `path`; it must exist and be a regular file."""
     try:
-        data = path.read_bytes()
-        mode = stat.S_IMODE(path.stat().st_mode)
+        data, mode = workspace.read_file(path)  # no symlink, FIFO or device on the way
+        mode = stat.S_IMODE(mode)
     except FileNotFoundError:
         raise ToolError(f"{path.name} does not exist; check the path")
     except IsADirectoryError:
@@ -140,27 +141,13 @@ def new_file(text: str) -> TextFile:
 
 
 def write(path: Path, file: TextFile) -> None:
-    """Atomically write `file` to `path`, creating parent directories."""
+    """Atomically write `file` to `path` (absolute, symlink-free), creating parent directories."""
     data = file.encode()  # before touching the disk, so an unencodable edit writes nothing
     mode = file.mode if file.mode is not None else 0o666 & ~_umask()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        workspace.write_file(path, data, mode)  # through directory descriptors, then a rename
     except OSError as exc:
-        raise ToolError(f"cannot write {path.name}: {exc.strerror}")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600; the final file keeps the original bits
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ToolError(f"cannot write {path.name}: {exc.strerror}") from None
-        raise
+        raise ToolError(f"cannot write {path.name}: {exc.strerror}") from None
 
 
 @functools.cache

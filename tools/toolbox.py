@@ -208,7 +208,7 @@ TOOLS: tuple[Tool, ...] = (
         "undo",
         "Put the files back as they were before your last change (replace, write, "
         "replace_symbol, insert_after_symbol or shell). Call it again to go back further. "
-        "Files ignored by .gitignore are not restored.",
+        "Files ignored by .gitignore that only shell commands changed are not restored.",
         _object(),
         True, lambda box, a: box.checkpoints.undo(),
     ),
@@ -248,7 +248,9 @@ class Toolbox:
         if tool.mutates and tool.name != "undo":
             # undo needs none: it keeps the state it replaces itself (see Checkpoints.undo)
             try:
-                self.checkpoints.snapshot(f"{name}: {_label(args)}")
+                # the file an edit names is recorded even if ignored, so undo can restore it
+                touched = [args["path"]] if "path" in args else []
+                self.checkpoints.snapshot(f"{name}: {_label(args)}", paths=touched)
             except ToolError as exc:
                 return ToolResult(f"{name} was not run: no checkpoint could be taken for undo: "
                                   f"{exc}", ok=False, mutated=False)

@@ -11,7 +11,7 @@ from . import textfile
 from .errors import ToolError
 from .languages import language_for
 from .tags import Tag, extract_tags
-from .workspace import FileInfo, Workspace, plural
+from .workspace import FileInfo, Workspace, open_file, plural, read_file
 
 MAX_LINE_CHARS = 1_000  # one minified line must not fill the context
 MAX_VIEW_CHARS = 40_000  # budget of one window, whatever its line count
@@ -72,7 +72,7 @@ def _window(real: Path, info: FileInfo, start: int, limit: int) -> tuple[int, li
     if info.huge:
         total = info.lines or 0
         _check_start(info.path, start, total)
-        with open(real, "rb") as handle:
+        with os.fdopen(open_file(real), "rb") as handle:  # no symlink or FIFO on the way
             raw = itertools.islice(handle, start - 1, start - 1 + limit)
             lines = [line.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "replace")
                      for line in raw]
@@ -194,7 +194,7 @@ def outline(ws: Workspace, path: str) -> str:
     if lang is None:
         raise ToolError(f"no outline for {rel}: no parser handles {real.suffix or 'extensionless'} "
                         "files; use view, or search for its definitions")
-    defs = [tag for tag in extract_tags(lang, real.read_bytes()) if tag.kind == "def"]
+    defs = [tag for tag in extract_tags(lang, read_file(real)[0]) if tag.kind == "def"]
     if not defs:
         return f"{rel}: no definitions found ({lang}, {plural(info.lines, 'line')}); use view"
     rows = _outline_rows(defs[:MAX_OUTLINE_SYMBOLS])

@@ -15,6 +15,10 @@ import openai
 
 from .base import BackendError, Event, Finish, TextDelta, ToolCall, Usage
 
+MAX_CALLS = 256  # tool-call slots per reply; a larger index from a server starts a new slot
+# What a malformed stream raises while openai's client decodes it: a data line that is not
+# JSON (JSONDecodeError), or JSON of a shape the client's models reject.
+MALFORMED_STREAM = (ValueError, TypeError, AttributeError, KeyError, RecursionError)
 START_HINT = ("Is the server running? Start one with `python -m llama_cpp.server --model MODEL.gguf "
               "--port 8000`, `llama-server -m MODEL.gguf --port 8000` or `vllm serve MODEL`, "
               "or pass the right base URL")
@@ -34,28 +38,34 @@ class StreamAssembler:
         self.chunks = 0
 
     def feed(self, chunk: dict) -> Iterator[TextDelta]:
-        if chunk.get("usage"):
-            u = chunk["usage"]
-            self.usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("tool_calls"):
+        """Pieces of the wrong type (a server bug or a hostile server) are skipped, not fatal."""
+        if not isinstance(chunk, dict):
+            return
+        u = chunk.get("usage")
+        if isinstance(u, dict):
+            self.usage = Usage(_count(u.get("prompt_tokens")), _count(u.get("completion_tokens")))
+        for choice in _dicts(chunk.get("choices")):
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            content = _text(delta.get("content"))
+            fragments = _dicts(delta.get("tool_calls"))
+            if content or fragments:
                 self.chunks += 1
-            if delta.get("content"):
-                yield TextDelta(delta["content"])
-            for fragment in delta.get("tool_calls") or []:
+            if content:
+                yield TextDelta(content)
+            for fragment in fragments:
                 self._add_fragment(fragment)
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
 
     def _add_fragment(self, fragment: dict) -> None:
         index = fragment.get("index")
-        slot = self._calls.setdefault(len(self._calls) if index is None else index,
-                                      {"id": "", "name": "", "arguments": ""})
-        fn = fragment.get("function") or {}
-        slot["id"] = slot["id"] or fragment.get("id") or ""
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_CALLS:
+            index = len(self._calls)
+        slot = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+        fn = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
+        slot["id"] = slot["id"] or _text(fragment.get("id"))
         # the name comes whole (llama-cpp-python repeats it in every fragment): keep the first
-        slot["name"] = slot["name"] or fn.get("name") or ""
-        slot["arguments"] += fn.get("arguments") or ""
+        slot["name"] = slot["name"] or _text(fn.get("name"))
+        slot["arguments"] += _text(fn.get("arguments"))
 
     def finish(self) -> Finish:
         """The server's finish reason; some servers send none after tool calls."""
@@ -66,11 +76,23 @@ class StreamAssembler:
                 for i, c in sorted(self._calls.items())]
 
 
+def _dicts(value) -> list[dict]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _arguments(raw: str) -> dict | str:
     """The arguments object, or the raw string when it is not a JSON object (the agent reports it)."""
     try:
         value = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return raw
     return value if isinstance(value, dict) else raw
 
@@ -112,6 +134,10 @@ class OpenAIBackend:
                     yield from assembler.feed(chunk.model_dump(exclude_none=True))
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
+        except MALFORMED_STREAM as exc:
+            raise BackendError(f"the model server at {self.base_url} sent a malformed stream "
+                               f"({type(exc).__name__}: {str(exc)[:200]}); check its log and "
+                               "that it speaks the OpenAI chat API") from None
         yield from assembler.tool_calls()
         yield assembler.usage or self._estimated_usage(messages, tools, assembler.chunks)
         yield assembler.finish()

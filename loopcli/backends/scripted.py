@@ -44,13 +44,21 @@ class ScriptedBackend:
         calls = turn.get("tool_calls", [])
         for i, call in enumerate(calls):
             yield ToolCall(call["name"], call.get("arguments", {}), id=f"scripted_{self.calls}_{i}")
-        prompt = sum(self.count_tokens(json.dumps(m, ensure_ascii=False)) for m in messages)
-        completion = self.count_tokens(text) + sum(self.count_tokens(json.dumps(c)) for c in calls)
+        prompt = sum(self.count_tokens(_dumps(m, ensure_ascii=False)) for m in messages)
+        completion = self.count_tokens(text) + sum(self.count_tokens(_dumps(c)) for c in calls)
         yield Usage(prompt, completion)
         yield Finish("tool_calls" if calls else "stop")
 
     def count_tokens(self, text: str) -> int:
         return len(_TOKEN.findall(text))
+
+
+def _dumps(value, ensure_ascii: bool = True) -> str:
+    """JSON for counting tokens; "" for what cannot be dumped (nested too deeply)."""
+    try:
+        return json.dumps(value, ensure_ascii=ensure_ascii)
+    except (ValueError, TypeError, RecursionError):
+        return ""
 
 
 def load_script(path: Path) -> list[dict]:
@@ -74,6 +82,8 @@ def _check_turn(line: str, where: str) -> dict:
         turn = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ScriptError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ScriptError(f"{where}: the JSON is nested too deeply to read") from None
     if not isinstance(turn, dict) or set(turn) - {"text", "tool_calls"}:
         raise ScriptError(f'{where}: a turn is an object with "text" and/or "tool_calls"')
     if not isinstance(turn.get("text", ""), str):

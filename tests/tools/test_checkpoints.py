@@ -399,7 +399,7 @@ def test_undo_does_not_delete_files_ignored_at_the_snapshot(plain):
     assert (plain / "secret.env").read_bytes() == b"TOKEN=1\n"
     assert (plain / ".gitignore").read_bytes() == b"secret.env\n"
     assert not (plain / "created.txt").exists()
-    assert "left alone (ignored at that checkpoint): 1 file(s): secret.env" in message
+    assert "left alone (ignored, so perhaps older than this session): 1 file(s): secret.env" in message
 
 
 def test_symlinks_and_nested_repositories(plain):
