@@ -19,6 +19,7 @@ table order, each at the aligned end of the one before.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 from collections import OrderedDict
@@ -63,7 +64,7 @@ class Field:
     def contents(self, index_or_slice: int | slice = slice(None)):
         if self._starts is not None:  # an array of strings, decoded on demand
             if isinstance(index_or_slice, slice):
-                return [self._reader._string_at(int(s), self.name) for s in self._starts[index_or_slice]]
+                return self._reader._strings(self._starts[index_or_slice], self.name)
             return self._reader._string_at(int(self._starts[index_or_slice]), self.name)
         if isinstance(self._value, np.ndarray):
             return self._value[index_or_slice].tolist()
@@ -144,6 +145,29 @@ class GGUFFile:
     def _string_at(self, pos: int, key: str) -> str:
         n = _U64.unpack_from(self._buf, pos)[0]  # checked when the array was located
         return self._decode(pos + 8, n, f"string in {key}")
+
+    def _strings(self, starts: np.ndarray, key: str) -> list[str]:
+        """The strings whose length fields sit at `starts`, decoded in one pass: each 8-byte
+        length becomes one 0xFF byte (never part of UTF-8), the whole run is decoded with
+        surrogateescape (0xFF -> U+DCFF, a character valid UTF-8 never yields) and split there."""
+        if len(starts) == 0:
+            return []
+        if len(starts) < 64 or np.any(np.diff(starts) < 8):  # few, or not in file order
+            return [self._string_at(int(p), key) for p in starts]
+        first, last = int(starts[0]), int(starts[-1])
+        end = last + 8 + _U64.unpack_from(self._buf, last)[0]
+        run = np.array(self.data[first:end])
+        rel = starts - first
+        run[rel] = 0xFF
+        edges = np.zeros(len(run) + 8, dtype=np.int32)  # +1 where a length's bytes 2-8 begin, -1 after
+        edges[rel + 1] = 1
+        edges[rel + 8] = -1
+        text = run[np.cumsum(edges[:len(run)]) == 0].tobytes().decode("utf-8", "surrogateescape")
+        parts = text.split("\udcff")
+        if len(parts) != len(starts) + 1 or _ESCAPED.search(text):
+            for p in starts:  # some string is not UTF-8: find and name it
+                self._string_at(int(p), key)
+        return parts[1:]
 
     def _value_type(self, raw: int, what: str) -> GGUFValueType:
         try:
@@ -254,6 +278,9 @@ class GGUFFile:
             extra = self._size - self.data_offset - end
             raise self._error(f"has {extra} bytes after its last tensor {previous}: a tensor's type "
                               "or shape, or the tensor count, is wrong")
+
+
+_ESCAPED = re.compile("[\udc80-\udcfe]")  # bytes that were not UTF-8, the separator excluded
 
 
 def _map(path: Path) -> np.ndarray:
