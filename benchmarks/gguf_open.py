@@ -1,7 +1,7 @@
 """Opening a GGUF with a 262,144-token vocabulary: our reader (runtime/gguf_read.py) vs
 gguf-py's GGUFReader, in the same run.
 
-The file holds tokens, scores, token types and 262,144 merges (the metadata of a large modern
+The file holds tokens, scores, token types and ~262,000 merges (the metadata of a large modern
 vocabulary) and a few small tensors. Each open runs in a fresh interpreter (so each peak RSS is
 its own), `--runs` times per reader; the medians are reported with their ratio. "open" is the
 constructor; "open + tokens" also decodes the whole token list, which a tokenizer needs.
@@ -44,11 +44,19 @@ def build(path: Path, n_vocab: int) -> None:
     w = gguf.GGUFWriter(path, "llama")
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
-    tokens = [f"\u0120t{i}" for i in range(n_vocab)]  # distinct, byte-level-looking
+    # a BPE-shaped vocabulary: 256 byte tokens, then each token an earlier one plus a byte
+    tokens = [chr(0x100 + i) for i in range(256)]
+    merges, seen = [], set(tokens)
+    while len(tokens) < n_vocab:
+        a, b = tokens[int(rng.integers(0, len(tokens)))], tokens[int(rng.integers(0, 256))]
+        if len(a) < 12 and a + b not in seen:
+            seen.add(a + b)
+            tokens.append(a + b)
+            merges.append(f"{a} {b}")
     w.add_token_list(tokens)
     w.add_token_scores(rng.standard_normal(n_vocab).astype(np.float32).tolist())
     w.add_token_types([1] * n_vocab)
-    w.add_token_merges([f"{tokens[i]} {tokens[(i + 1) % n_vocab]}" for i in range(n_vocab)])
+    w.add_token_merges(merges)
     for i in range(4):
         w.add_tensor(f"blk.{i}.attn_norm.weight", rng.standard_normal(64).astype(np.float32))
     w.write_header_to_file()

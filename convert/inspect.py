@@ -14,7 +14,7 @@ from pathlib import Path
 
 from loopcli.runtime.errors import ModelError
 from loopcli.runtime.gguf_format import HF_ARCH
-from loopcli.runtime.gguf_load import check_finite, config_from_gguf, open_gguf
+from loopcli.runtime.gguf_load import architecture, check_finite, config_from_gguf, open_gguf
 
 KV_BYTES = 2  # K/V cached in 16-bit
 SHOWN_ELEMENTS = 4  # of an array, in the key listing
@@ -42,8 +42,7 @@ def _key_value(field) -> object:
 
 def inspect_gguf(path: str | Path, ctx: int = 4096, gpu_mem: str | None = None) -> dict:
     reader = open_gguf(path)
-    arch_field = reader.get_field("general.architecture")
-    arch = arch_field.contents() if arch_field is not None else None
+    arch = architecture(reader, str(path))
     cfg = config_from_gguf(reader, str(path)) if arch in HF_ARCH else None
     check_finite(reader, str(path))
     by_type: Counter = Counter()

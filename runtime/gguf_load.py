@@ -70,10 +70,15 @@ def _typed(r: GGUFFile, key: str, kind: type, source: str, default=_MISSING, pos
     return value
 
 
+def architecture(r: GGUFFile, source: str) -> str:
+    """general.architecture, which every GGUF model must have."""
+    return _typed(r, "general.architecture", str, source)
+
+
 def config_from_gguf(r: GGUFFile, source: str = "GGUF") -> ModelConfig:
     """The model config from the metadata, after checking the keys, every tensor (name and
     shape) and the vocabulary against it."""
-    arch = _typed(r, "general.architecture", str, source)
+    arch = architecture(r, source)
     if arch not in HF_ARCH:
         raise ModelError(f"{source}: GGUF architecture {arch!r} is not supported (supported: {', '.join(HF_ARCH)})")
     names = {t.name: t for t in r.tensors}
@@ -158,6 +163,18 @@ def _check_vocab(r: GGUFFile, n_vocab: int, source: str) -> None:
         if key != "tokenizer.ggml.merges" and len(f) != n_vocab:
             raise ModelError(f"{source}: {key} has {len(f)} entries but token_embd has {n_vocab} rows; "
                              "re-convert it with loopcli convert")
+    merges = r.get_field("tokenizer.ggml.merges")
+    if merges is not None and len(merges):  # BPE: each merge "a b" joins two tokens into a third
+        vocab = set(r.get_field("tokenizer.ggml.tokens").contents())
+        listed = merges.contents()
+        sides = " ".join(listed).split(" ")
+        if len(sides) != 2 * len(listed) or not vocab.issuperset(sides) \
+                or not vocab.issuperset(m.replace(" ", "", 1) for m in listed):
+            for i, merge in enumerate(listed):  # name the first bad one
+                a, _, b = merge.partition(" ")
+                if not {a, b, a + b} <= vocab or " " in b:
+                    raise ModelError(f"{source}: merge {i} {merge[:40]!r} does not join two tokens of the "
+                                     "vocabulary into a third; re-convert it with loopcli convert")
     for key in ("bos", "eos", "unknown", "padding", "eot"):
         tid = _typed(r, f"tokenizer.ggml.{key}_token_id", int, source, None)
         if tid is not None and not 0 <= tid < n_vocab:
@@ -205,7 +222,7 @@ def check_gguf(path: str | Path) -> GGUFFile:
     st = os.stat(path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key not in _checked:
-        if _field(r, "general.architecture") in HF_ARCH:
+        if architecture(r, str(path)) in HF_ARCH:
             config_from_gguf(r, str(path))
         check_finite(r, str(path))
         _checked.add(key)

@@ -115,7 +115,7 @@ class GGUFFile:
         # the smallest key/value takes 13 bytes, the smallest tensor info 32: counts must fit
         if n_kv * 13 + n_tensors * 32 > self._size - pos:
             raise self._error(f"claims {n_kv} keys and {n_tensors} tensors, more than its "
-                              f"{self._size} bytes can hold")
+                              f"{self._size} bytes can hold (truncated?)")
         for _ in range(n_kv):
             pos = self._read_kv(pos)
         infos = []
@@ -133,7 +133,8 @@ class GGUFFile:
     def _read_string(self, pos: int, what: str) -> tuple[str, int]:
         n = _U64.unpack_from(self._buf, pos)[0]
         if n > self._size - pos - 8:
-            raise self._error(f"has a {what} of {n} bytes at offset {pos}, past the end of the file")
+            raise self._error(f"has a {what} of {n} bytes at offset {pos}, past the end of the file "
+                              "(truncated?)")
         return self._decode(pos + 8, n, what), pos + 8 + n
 
     def _decode(self, start: int, n: int, what: str) -> str:
@@ -210,20 +211,23 @@ class GGUFFile:
         """n items at pos, a view of the map (gguf-py's type: np.memmap)."""
         dtype = np.dtype(dtype)
         if n * dtype.itemsize > self._size - pos:
-            raise self._error(f"claims {n} elements for {what} at offset {pos}, past the end of the file")
+            raise self._error(f"claims {n} elements for {what} at offset {pos}, past the end of the file "
+                              "(truncated?)")
         return self.data[pos:pos + n * dtype.itemsize].view(dtype)
 
     def _locate_strings(self, pos: int, n: int, key: str) -> tuple[np.ndarray, int]:
         if n > MAX_STRINGS or n * 8 > self._size - pos:
-            raise self._error(f"claims {n} strings in {key}, more than the file can hold")
-        starts = np.empty(n, dtype=np.int64)
-        unpack, buf = _U64.unpack_from, self._buf
-        for i in range(n):  # each string's length gives the next one's place
-            starts[i] = pos
+            raise self._error(f"claims {n} strings in {key}, more than the file holds (truncated?)")
+        starts: list[int] = []
+        append, unpack, buf, size = starts.append, _U64.unpack_from, self._buf, self._size
+        for _ in range(n):  # each string's length gives the next one's place
+            if pos > size:
+                break
+            append(pos)
             pos += 8 + unpack(buf, pos)[0]
-        if pos > self._size:
-            raise self._error(f"has strings in {key} that run past the end of the file")
-        return starts, pos
+        if pos > size:
+            raise self._error(f"has strings in {key} that run past the end of the file (truncated?)")
+        return np.array(starts, dtype=np.int64), pos
 
     def _read_tensor_info(self, pos: int) -> tuple[tuple, int]:
         name, pos = self._read_string(pos, "tensor name")
@@ -292,15 +296,19 @@ def _map(path: Path) -> np.ndarray:
         raise ModelError(f"{path} does not exist; give a .gguf file") from None
     except OSError as exc:
         raise ModelError(f"{path} cannot be opened ({exc.strerror}); give a readable .gguf file") from None
+    st = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(st.st_mode):
+        problem = f"{path} is a directory; give a .gguf file"
+    elif not stat.S_ISREG(st.st_mode):
+        problem = f"{path} is not a regular file (a FIFO, socket or device); give a .gguf file"
+    elif st.st_size < 24:
+        problem = (f"{path} has {st.st_size} bytes, too few for a GGUF header; it is not a valid "
+                   "GGUF file (re-download or re-convert it)")
+    if problem:
+        os.close(fd)
+        raise ModelError(problem)
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ModelError(f"{path} is a directory; give a .gguf file")
-        if not stat.S_ISREG(st.st_mode):
-            raise ModelError(f"{path} is not a regular file (a FIFO, socket or device); give a .gguf file")
-        if st.st_size < 24:
-            raise ModelError(f"{path} has {st.st_size} bytes, too few for a GGUF header; "
-                             "it is not a valid GGUF file (re-download or re-convert it)")
         return np.memmap(f, mode="r")
 
 
