@@ -64,7 +64,10 @@ class Field:
     def contents(self, index_or_slice: int | slice = slice(None)):
         if self._starts is not None:  # an array of strings, decoded on demand
             if isinstance(index_or_slice, slice):
-                return self._reader._strings(self._starts[index_or_slice], self.name)
+                starts = self._starts[index_or_slice]
+                if index_or_slice.step in (None, 1):  # a run of neighbours: decoded in one pass
+                    return self._reader._strings(starts, self.name)
+                return [self._reader._string_at(int(p), self.name) for p in starts]
             return self._reader._string_at(int(self._starts[index_or_slice]), self.name)
         if isinstance(self._value, np.ndarray):
             return self._value[index_or_slice].tolist()
@@ -148,12 +151,10 @@ class GGUFFile:
         return self._decode(pos + 8, n, f"string in {key}")
 
     def _strings(self, starts: np.ndarray, key: str) -> list[str]:
-        """The strings whose length fields sit at `starts`, decoded in one pass: each 8-byte
+        """Neighbouring strings whose length fields sit at `starts`, decoded in one pass: each 8-byte
         length becomes one 0xFF byte (never part of UTF-8), the whole run is decoded with
         surrogateescape (0xFF -> U+DCFF, a character valid UTF-8 never yields) and split there."""
-        if len(starts) == 0:
-            return []
-        if len(starts) < 64 or np.any(np.diff(starts) < 8):  # few, or not in file order
+        if len(starts) < 64:
             return [self._string_at(int(p), key) for p in starts]
         first, last = int(starts[0]), int(starts[-1])
         end = last + 8 + _U64.unpack_from(self._buf, last)[0]
