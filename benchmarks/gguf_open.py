@@ -4,7 +4,8 @@ gguf-py's GGUFReader, in the same run.
 The file holds tokens, scores, token types and ~262,000 merges (the metadata of a large modern
 vocabulary) and a few small tensors. Each open runs in a fresh interpreter (so each peak RSS is
 its own), `--runs` times per reader; the medians are reported with their ratio. "open" is the
-constructor; "open + tokens" also decodes the whole token list, which a tokenizer needs.
+constructor (wall and CPU seconds: the CPU time moves less with the machine's load); "open +
+tokens" also decodes the whole token list, which a tokenizer needs.
 Prints JSON. Usage: python benchmarks/gguf_open.py [--runs 3] [--vocab 262144]
 """
 
@@ -27,14 +28,14 @@ import json, resource, sys, time
 import gguf
 from loopcli.runtime.gguf_read import GGUFFile
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 r = GGUFFile(sys.argv[2]) if sys.argv[1] == "ours" else gguf.GGUFReader(sys.argv[2])
-opened = time.perf_counter() - t0
+opened, opened_cpu = time.perf_counter() - t0, time.process_time() - c0
 tokens = r.get_field("tokenizer.ggml.tokens").contents()
 total = time.perf_counter() - t0
 assert len(tokens) == int(sys.argv[3]) and len(r.tensors) == 4
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"open_s": opened, "open_tokens_s": total, "peak_rss_mb": peak / 1024,
+print(json.dumps({"open_s": opened, "open_cpu_s": opened_cpu, "open_tokens_s": total, "peak_rss_mb": peak / 1024,
                   "rss_after_imports_mb": base / 1024}))
 """
 

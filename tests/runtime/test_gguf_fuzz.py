@@ -4,8 +4,8 @@ Each mutation class (missing keys, renamed or missing tensors, counts that lie, 
 range, dims of 0, types that do not match the byte size, NaN/Inf weights, truncation, a
 directory or FIFO) is applied to a tiny converted GGUF and run through `inspect`, `perplexity`
 and `fix` with the local and llama.cpp backends. Random byte flips: a bounded sample by
-default (FLIPS_CI), the full count under `-m slow` (FLIPS_SLOW); each must end in exit 0 or 2,
-never a traceback or a hang.
+default (FLIPS_CI), the full count with `-m slow` or LOOPCLI_SLOW=1 (FLIPS_SLOW); each must end
+in exit 0 or 2, never a traceback or a hang.
 """
 
 import os
@@ -201,6 +201,12 @@ def test_the_unmutated_file_passes(monkeypatch, capsys, good, repo, text):
         assert code == 0, (name, err)
 
 
+def only_when_asked(request):
+    """pytest runs every test by default; the full counts run with -m slow or LOOPCLI_SLOW=1."""
+    if "slow" not in (request.config.getoption("markexpr") or "") and not os.environ.get("LOOPCLI_SLOW"):
+        pytest.skip("the full count: runs with -m slow or LOOPCLI_SLOW=1")
+
+
 def flip_runs(monkeypatch, capsys, good, tmp_path, repo, text, count):
     rng = np.random.default_rng(1234)
     data = good.read_bytes()
@@ -228,5 +234,6 @@ def test_random_byte_flips(monkeypatch, capsys, good, tmp_path, repo, text):
 
 
 @pytest.mark.slow
-def test_random_byte_flips_full(monkeypatch, capsys, good, tmp_path, repo, text):
+def test_random_byte_flips_full(request, monkeypatch, capsys, good, tmp_path, repo, text):
+    only_when_asked(request)
     flip_runs(monkeypatch, capsys, good, tmp_path, repo, text, FLIPS_SLOW)
