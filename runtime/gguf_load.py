@@ -37,7 +37,8 @@ FLOAT_FIELDS = {
     Q.Q4_K: ((0, 2), 2), Q.Q5_K: ((0, 2), 2), Q.Q6_K: ((208,), 2), Q.Q8_K: ((0,), 4),
     Q.IQ2_XXS: ((0,), 2), Q.IQ2_XS: ((0,), 2), Q.IQ3_XXS: ((0,), 2), Q.IQ1_S: ((0,), 2),
     Q.IQ4_NL: ((0,), 2), Q.IQ3_S: ((0,), 2), Q.IQ2_S: ((0,), 2), Q.IQ4_XS: ((0,), 2),
-}
+    Q.TQ1_0: ((52,), 2), Q.TQ2_0: ((64,), 2),
+}  # not here: integer types, and IQ1_M and MXFP4, whose scales are not plain floats
 # a float field's bits by its width: (as unsigned, exponent mask, mantissa mask)
 _BITS = {2: (np.uint16, 0x7C00, 0x03FF), 4: (np.uint32, 0x7F800000, 0x007FFFFF),
         8: (np.uint64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF)}
