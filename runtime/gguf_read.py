@@ -100,7 +100,7 @@ class GGUFFile:
     # ---- parsing
 
     def _error(self, what: str) -> ModelError:
-        return ModelError(f"{self.path} {what}; it is not a valid GGUF file (re-download or re-convert it)")
+        return ModelError(f"{self.path} {what}; it is not a readable GGUF file (re-download or re-convert it)")
 
     def _parse(self) -> None:
         if bytes(self._buf[:4]) != b"GGUF":
@@ -304,7 +304,7 @@ def _map(path: Path) -> np.ndarray:
     elif not stat.S_ISREG(st.st_mode):
         problem = f"{path} is not a regular file (a FIFO, socket or device); give a .gguf file"
     elif st.st_size < 24:
-        problem = (f"{path} has {st.st_size} bytes, too few for a GGUF header; it is not a valid "
+        problem = (f"{path} has {st.st_size} bytes, too few for a GGUF header; it is not a readable "
                    "GGUF file (re-download or re-convert it)")
     if problem:
         os.close(fd)
