@@ -204,3 +204,96 @@ def _encoded(jobs: list[TensorJob], threads: int) -> Iterator[np.ndarray]:
         raise ModelError(f"a quantizing worker process died ({exc}); retry with --threads 1") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- the plan without the data (convert --dry-run, inspect DIR)
+
+# Memory model of `convert` (measured with tracemalloc and RSS on this converter): quantizing
+# one row chunk holds at most ~4 copies of the chunk's f32 rows (bf16 widening, the finiteness
+# check, the quantizer's temporaries); a whole encoded tensor is held twice (its chunks and
+# their concatenation); a worker process starts at ~31 MB (python, numpy, gguf-py); the main
+# process keeps up to 2 * threads + 1 finished tensors waiting to be written in order.
+CHUNK_COPIES = 4
+WORKER_BASE = 40 * 2**20
+
+
+def dry_run(src: str | Path, type_name: str = "q4_k_m", threads: int = 1) -> dict:
+    """What `convert` would write, from the headers alone (no tensor data is read): every
+    tensor's GGUF name, shape and type, the exact output size, and an estimate of peak memory."""
+    import resource
+    import sys
+
+    src = Path(src)
+    if type_name not in TYPES:
+        raise ModelError(f"unknown --type {type_name!r}; choose one of {', '.join(TYPES)}")
+    ckpt = Checkpoint(src)
+    cfg = ckpt.config
+    arch = gguf_arch(cfg)
+    plan = _plan(ckpt, cfg, type_name)
+    with tempfile.TemporaryDirectory(prefix="loopcli-plan-") as tmp:
+        header = Path(tmp) / "header.gguf"
+        writer = gguf.GGUFWriter(header, arch)
+        try:  # the real header (metadata, vocabulary, tensor table): its size is exact
+            _add_metadata(writer, cfg, type_name, src)
+            add_vocab(writer, src, cfg.vocab_size)
+            for p in plan:
+                writer.add_tensor_info(p.name, gguf.quant_shape_to_byte_shape(p.shape, p.qtype),
+                                       np.dtype(np.uint8), p.nbytes, raw_dtype=p.qtype)
+            if cfg.rope_kind == "llama3":
+                writer.add_tensor_info(ROPE_FREQS, (cfg.head_dim // 2,), np.dtype(np.float32), cfg.head_dim * 2)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+        finally:
+            writer.close()
+        header_bytes = header.stat().st_size
+    align = lambda n: -(-n // writer.data_alignment) * writer.data_alignment  # noqa: E731
+    data_bytes = sum(align(p.nbytes) for p in plan)
+    if cfg.rope_kind == "llama3":
+        data_bytes += align(cfg.head_dim * 2)
+    # peak: this process now (interpreter, torch, the checkpoint's headers) + the largest tensor
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    largest = max(p.nbytes for p in plan)
+    chunk = max(_chunk_bytes(cfg, arch, p) for p in plan) * CHUNK_COPIES
+    if threads <= 1:
+        peak = base + chunk + 2 * largest
+    else:
+        peak = base + (2 * threads + 1) * largest + threads * (WORKER_BASE + chunk + 2 * largest)
+    return {
+        "source": str(src),
+        "architecture": arch,
+        "type": type_name,
+        "threads": threads,
+        "tensors": [{"name": p.name, "hf_name": p.hf, "shape": list(p.shape), "type": p.qtype.name,
+                     "bytes": p.nbytes} for p in plan],
+        "parameters": sum(int(np.prod(p.shape, dtype=np.int64)) for p in plan),
+        "header_bytes": header_bytes,
+        "tensor_bytes": sum(p.nbytes for p in plan),
+        "output_bytes": align(header_bytes) + data_bytes,
+        "peak_memory_bytes": int(peak),
+    }
+
+
+def _chunk_bytes(cfg: ModelConfig, arch: str, p: Planned) -> int:
+    """f32 bytes of the rows encode() reads at once (a permuted q/k tensor: all of it)."""
+    from .encode import CHUNK_ELEMENTS
+
+    cols = p.shape[-1]
+    rows = int(np.prod(p.shape[:-1], dtype=np.int64)) if len(p.shape) > 1 else 1
+    if needs_permute(arch, p.hf):
+        return rows * cols * 4
+    return min(rows, max(1, CHUNK_ELEMENTS // cols)) * cols * 4
+
+
+def render_plan(plan: dict) -> str:
+    from .inspect import human
+
+    width = max(len(t["name"]) for t in plan["tensors"])
+    lines = [f"{plan['source']}: {plan['architecture']}, {len(plan['tensors'])} tensors, "
+             f"{plan['parameters']:,} parameters -> --type {plan['type']}"]
+    for t in plan["tensors"]:
+        lines.append(f"  {t['name']:<{width}}  {str(t['shape']):<14} {t['type']:<5} {human(t['bytes']):>10}")
+    lines.append(f"output: {plan['output_bytes']:,} bytes ({human(plan['output_bytes'])}; header "
+                 f"{human(plan['header_bytes'])}); peak memory about {human(plan['peak_memory_bytes'])} "
+                 f"with --threads {plan['threads']}")
+    return "\n".join(lines)

@@ -97,18 +97,29 @@ def perplexity(model, text_file, ctx, as_json):
 
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path), required=False)
 @click.option("--type", "type_name", default="q4_k_m", show_default=True,
               help="f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes quantizing in parallel; each adds about 300 MB of memory.")
-def convert(src, out, type_name, force, threads):
+@click.option("--dry-run", is_flag=True, help="Check every header and print the plan (tensors, "
+                                              "types, output size, peak memory); read no data, write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the plan as JSON.")
+def convert(src, out, type_name, force, threads, dry_run, as_json):
     """Convert an HF checkpoint directory SRC into a (quantized) GGUF file OUT.
 
     R = 1 models become llama.cpp's `llama` / `qwen2` architecture; LoopCoder-V2 (PLT) models
     the `loopcoder` architecture (docs/gguf-loopcoder.md).
     """
+    if dry_run:
+        from loopcli.convert.export import dry_run as plan_of, render_plan
+
+        plan = plan_of(src, type_name.lower(), threads)
+        click.echo(json.dumps(plan, indent=2) if as_json else render_plan(plan))
+        return
+    if out is None:
+        raise click.UsageError("missing argument OUT (the .gguf file to write); or pass --dry-run")
     from loopcli.convert.export import convert as run
 
     path = run(src, out, type_name.lower(), force=force, show_progress=True, threads=threads)
@@ -120,9 +131,18 @@ def convert(src, out, type_name, force, threads):
 @click.option("--ctx", type=click.IntRange(1), default=4096, show_default=True,
               help="Context length for the KV-cache estimate.")
 @click.option("--gpu-mem", help="GPU memory to check against, e.g. 8GB or 12GiB.")
+@click.option("--type", "type_name", default="q4_k_m", show_default=True,
+              help="For a checkpoint directory: the --type to plan the conversion for.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def inspect(file, ctx, gpu_mem, as_json):
-    """Show what a GGUF FILE holds and the memory it needs at a context length."""
+def inspect(file, ctx, gpu_mem, type_name, as_json):
+    """Show what FILE holds: a GGUF's header, keys, tensor table and (for architectures loopcli
+    runs) the memory it needs at a context length; a checkpoint directory's conversion plan."""
+    if file.is_dir():
+        from loopcli.convert.export import dry_run, render_plan
+
+        plan = dry_run(file, type_name.lower())
+        click.echo(json.dumps(plan, indent=2) if as_json else render_plan(plan))
+        return
     from loopcli.convert.inspect import inspect_gguf, render
 
     info = inspect_gguf(file, ctx, gpu_mem)

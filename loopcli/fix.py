@@ -127,6 +127,11 @@ def make_backend(kind: str, model: str | None, base_url: str | None) -> Backend:
 
     if kind in ("local", "llama.cpp") and model and not Path(model).exists():
         raise FixError(f"model {model} does not exist; give a .gguf file (or a checkpoint directory for local)")
+    gguf_file = model and (kind == "llama.cpp" or Path(model).suffix == ".gguf" or not Path(model).is_dir())
+    if kind in ("local", "llama.cpp") and gguf_file:
+        from loopcli.runtime.gguf_load import check_gguf
+
+        check_gguf(model)  # a corrupt file is bad input (exit 2), not a backend failure
     try:
         return factory(kind, model=model, base_url=base_url)
     except ValueError as exc:

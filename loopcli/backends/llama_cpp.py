@@ -15,7 +15,7 @@ from llama_cpp import Llama
 
 from loopcli.runtime.errors import ModelError
 from loopcli.runtime.gguf_format import PLT
-from loopcli.runtime.gguf_load import open_gguf
+from loopcli.runtime.gguf_load import check_gguf
 
 from .base import BackendError, Event, Usage
 from .openai_compat import StreamAssembler
@@ -75,7 +75,7 @@ class LlamaCppBackend:
 def _architecture(path: Path) -> str | None:
     """The GGUF's general.architecture; a missing or unreadable file is a BackendError."""
     try:
-        field = open_gguf(path).get_field("general.architecture")
+        field = check_gguf(path).get_field("general.architecture")  # llama.cpp never sees a corrupt file
     except ModelError as exc:
         raise BackendError(str(exc)) from None
     return None if field is None else field.contents()

@@ -1,0 +1,93 @@
+"""A header-only replica of the real LoopCoder-V2 repository (plt-model.md §2.1), for planning
+tests at the real size without the real weights.
+
+`loopcoder_v2/` holds the repository's small files as committed text: `config.json`,
+`generation_config.json`, `tokenizer_config.json` and `model.safetensors.index.json` (the
+three shard names and which tensor lives where). `build_replica(dst)` adds the three shards:
+real safetensors headers (bf16, the real shapes) followed by their 15.2 GB of data as holes
+(`truncate`: sparse files, no disk used; git could not keep them sparse). Reading any tensor
+data from them gives zeros.
+
+The tokenizer is a stand-in: the real repository ships a SentencePiece `tokenizer.model`
+that is not public here, so a byte-level `tokenizer.json` with the real id layout (76800 rows,
+the special tokens at their real ids) is written instead; the metadata size of a plan built
+from it differs from the real file's by the vocabulary strings only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+from loopcli.runtime.gguf_format import PRE_TOKENIZERS
+
+REPLICA = Path(__file__).parent / "loopcoder_v2"
+H, I, V, HEADS, KV = 5120, 27648, 76800, 40, 1024
+# the tensor shapes of plt-model.md §2.1, by name suffix
+SHAPES = {
+    "embed_tokens.weight": [V, H], "lm_head.weight": [V, H], "norm.weight": [H],
+    "input_layernorm.weight": [H], "post_attention_layernorm.weight": [H],
+    "self_attn.q_proj.weight": [H, H], "self_attn.k_proj.weight": [KV, H],
+    "self_attn.v_proj.weight": [KV, H], "self_attn.o_proj.weight": [H, H],
+    "self_attn.plt_gate.weight": [HEADS, H], "self_attn.plt_gate.bias": [HEADS],
+    "self_attn.plt_gate.gate_norm.weight": [H],
+    "mlp.gate_proj.weight": [I, H], "mlp.up_proj.weight": [I, H], "mlp.down_proj.weight": [H, I],
+}
+
+
+def shape_of(name: str) -> list[int]:
+    suffix = max((s for s in SHAPES if name.endswith(s)), key=len)
+    return SHAPES[suffix]
+
+
+def build_replica(dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in REPLICA.iterdir():
+        shutil.copy(f, dst / f.name)
+    weight_map = json.loads((REPLICA / "model.safetensors.index.json").read_text())["weight_map"]
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        shards.setdefault(shard, []).append(name)
+    for shard, names in shards.items():
+        write_sparse_shard(dst / shard, {n: shape_of(n) for n in names})
+    write_tokenizer(dst / "tokenizer.json")
+    return dst
+
+
+def write_sparse_shard(path: Path, shapes: dict[str, list[int]]) -> None:
+    """A bf16 safetensors file: the real header, then the data as a hole."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in shapes.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def write_tokenizer(path: Path) -> None:
+    """Byte-level BPE with the real ids of the special tokens (tokenizer_config.json)."""
+    config = json.loads((REPLICA / "tokenizer_config.json").read_text())
+    special = {int(i): t["content"] for i, t in config["added_tokens_decoder"].items()}
+    vocab = {f"t{i}": i for i in range(max(special)) if i not in special}
+    tok = {
+        "version": "1.0", "truncation": None, "padding": None, "normalizer": None, "post_processor": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, t in sorted(special.items())],
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": PRE_TOKENIZERS["qwen2"]}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
+                  "merges": []},
+    }
+    path.write_text(json.dumps(tok))
