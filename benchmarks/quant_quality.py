@@ -24,6 +24,7 @@ from pathlib import Path
 import gguf
 import llama_cpp
 import llama_cpp._ggml
+import llama_cpp._logger
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -174,7 +175,12 @@ def llama_model_quantize(src: Path, dst: Path, ftype: int, pure: bool, nthread: 
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread, params.ftype, params.pure = nthread, ftype, pure
     start = time.perf_counter()
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        # C keeps the callback pointer: give it back llama-cpp-python's own, which lives as long
+        # as the process, so a later model load never calls ours after this module is gone
+        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize failed with {rc}")
     return time.perf_counter() - start
