@@ -141,6 +141,9 @@ def _backend_options(command):
                                         "...) for the openai backend."),
         click.option("--max-steps", type=click.IntRange(1), default=50, show_default=True,
                      help="Model calls per run."),
+        click.option("--ctx", type=click.IntRange(1), help="Context length in tokens (default: "
+                     "local and llama.cpp: the model's training context, llama.cpp capped to fit "
+                     "memory; openai: what the server reports)."),
     ]):
         command = option(command)
     return command
@@ -161,7 +164,7 @@ def _backend_options(command):
 @click.option("--branch", help="Branch name for --commit (implies it); default loopcli/fix-<time>.")
 @click.option("--trajectory", type=click.Path(dir_okay=False, path_type=Path),
               help="Trajectory JSONL file (default under ~/.cache/loopcli/trajectories/).")
-def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, max_time,
+def fix(issue, repo, backend, model, base_url, max_steps, ctx, test_cmd, max_tokens, max_time,
         as_json, commit, branch, trajectory):
     """Resolve ISSUE (text, @file, or - for stdin) in a repository, headless.
 
@@ -173,7 +176,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     from loopcli.agent import Limits
     from loopcli.backends.base import BackendError
     from loopcli.fix import FixConfig, default_branch, progress_line, read_issue, run_fix
-    from loopcli.fix import check_repo, detect_test_command, make_backend
+    from loopcli.fix import MeteredBackend, check_repo, detect_test_command, make_backend
 
     # Test runs must not leave __pycache__ files in the user's tree (and in the agent's diff).
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
@@ -182,10 +185,12 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     test_cmd = test_cmd or detect_test_command(root)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        model_backend = make_backend(backend, model, base_url)
+        model_backend = make_backend(backend, model, base_url, ctx)
     except BackendError as exc:
         console.print(f"error: {backend} backend failed: {exc}", markup=False)
         sys.exit(3)
+    if console.is_terminal:  # a live token count while the model streams
+        model_backend = MeteredBackend(model_backend, console)
 
     def emit(event: dict) -> None:
         line = progress_line(event)
@@ -220,7 +225,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Tasks run at the same time (openai or scripted backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
+def eval_(tasks, backend, model, base_url, max_steps, ctx, out, jobs, as_json):
     """Run SWE-bench-shaped TASKS (a folder of tasks, or one task) and score them.
 
     Each task runs in a throwaway copy of its repository (no Docker). With --backend scripted,
@@ -231,7 +236,7 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
 
     from loopcli.agent import Limits
     from loopcli.backends.base import BackendError
-    from loopcli.evaluate import evaluate, load_tasks, render_report, task_backends
+    from loopcli.evaluate import evaluate, load_tasks, render_report
 
     if jobs > 1 and backend in ("local", "llama.cpp"):
         raise FixError("--jobs above 1 needs the openai or scripted backend: an in-process "
@@ -239,7 +244,7 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
     found = load_tasks(tasks)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        backends = task_backends(backend, model, base_url)
+        backends = _eval_backends(backend, model, base_url, ctx)
     except BackendError as exc:
         console.print(f"error: {backend} backend failed: {exc}", markup=False)
         sys.exit(3)
@@ -253,6 +258,25 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json):
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
     if report.exit_code:
         sys.exit(report.exit_code)
+
+
+def _eval_backends(kind, model, base_url, ctx):
+    """evaluate.task_backends, with the context length `ctx` when one is given."""
+    from loopcli.evaluate import task_backends
+    from loopcli.fix import make_backend
+
+    if ctx is None:
+        return task_backends(kind, model, base_url)
+    if kind != "scripted":
+        shared = make_backend(kind, model, base_url, ctx)
+        return lambda task: shared
+    per_task = task_backends(kind, model, base_url)
+
+    def with_ctx(task):
+        backend = per_task(task)
+        backend.context_window = ctx
+        return backend
+    return with_ctx
 
 
 def main() -> None:
