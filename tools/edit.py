@@ -67,6 +67,7 @@ HINT_MIN = 0.5  # below this the closest window is not worth showing
 HINT_BUDGET = 200  # windows scored to find the closest one when none is close enough to apply
 FUZZY_BUDGET = 20_000_000  # characters the fuzzy tier may compare before it gives up
 RATIO_COST = 8  # a SequenceMatcher.ratio() counted as this many passes over its two texts
+LINE_COST = 20  # the per-line work of building a window, counted in characters
 DIFF_MAX_LINES = 40
 
 
@@ -675,7 +676,7 @@ def _similarities(file_lines: list[str], old_lines: list[str]) -> dict[int, floa
     bounds = {}
     for first in range(len(file_lines) - n + 1):
         window = "\n".join(_dedent(file_lines[first:first + n]))
-        spent += len(window) + n
+        spent += len(window) + LINE_COST * n
         if spent > FUZZY_BUDGET:
             raise _OutOfBudget
         matcher.set_seq1(window)
