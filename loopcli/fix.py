@@ -308,7 +308,8 @@ def _verifier(toolbox: Toolbox, cmd: str, emit: Callable[..., None],
 
     def verify() -> tuple[bool, str]:
         left = time_left()  # --max-time bounds the test run too
-        test = run_tests(toolbox, cmd, TEST_TIMEOUT if left is None else max(1, min(TEST_TIMEOUT, left)))
+        timeout = TEST_TIMEOUT if left is None else max(1, min(TEST_TIMEOUT, left))
+        test = run_tests(toolbox, cmd, timeout)
         emit("test", cmd=cmd, passed=test.passed, exit_code=test.exit_code,
              seconds=test.seconds, output=test.output)
         tail = test.output[-TEST_OUTPUT_CHARS:]

@@ -94,7 +94,8 @@ def replace(ws: Workspace, path: str | os.PathLike, old: str, new: str, all: boo
         raise ToolError("old and new are identical, so there is nothing to change")
     target, before = _read_existing(ws, path)
     label, matches = _find(before.text, old, new, all, ws.relative(target))
-    after = before.splice_many([(m.start, m.end, m.new) for m in sorted(matches, key=lambda m: m.start)])
+    ordered = sorted(matches, key=lambda m: m.start)
+    after = before.splice_many([(m.start, m.end, m.new) for m in ordered])
     return _commit(ws, target, before, after, _where(label, matches))
 
 

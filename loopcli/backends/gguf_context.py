@@ -60,11 +60,12 @@ def read_metadata(path: Path) -> Metadata:
     if not isinstance(arch, str):
         return Metadata(arch=None, train_ctx=None)
     heads = number(f"{arch}.attention.head_count")
-    width = number(f"{arch}.embedding_length")
+    head_dim = number(f"{arch}.attention.key_length")
+    if not head_dim and heads:
+        head_dim = number(f"{arch}.embedding_length") // heads
     return Metadata(arch=arch, train_ctx=number(f"{arch}.context_length") or None,
                     layers=number(f"{arch}.block_count"), heads=heads,
-                    kv_heads=number(f"{arch}.attention.head_count_kv") or heads,
-                    head_dim=number(f"{arch}.attention.key_length") or (width // heads if heads else 0))
+                    kv_heads=number(f"{arch}.attention.head_count_kv") or heads, head_dim=head_dim)
 
 
 def default_context(meta: Metadata, model_bytes: int, available: int | None) -> int:

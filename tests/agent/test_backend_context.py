@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from loopcli.agent import Limits
 from loopcli.backends import factory, openai_compat
 from loopcli.backends.base import BackendError, Finish, TextDelta, collect
 from loopcli.backends.factory import make_backend
-from loopcli.backends.gguf_context import Metadata, default_context
+from loopcli.backends.gguf_context import Metadata, default_context, read_metadata
 from loopcli.backends.scripted import ScriptedBackend
 from loopcli.cli import cli
 from loopcli.fix import FixConfig, MeteredBackend, run_fix
@@ -256,6 +257,26 @@ def test_bad_ctx_is_refused():
 LLAMA_8B = Metadata(arch="llama", train_ctx=131072, layers=32, heads=32, kv_heads=8, head_dim=128)
 
 
+def test_metadata_is_read_from_the_gguf_header(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    writer.add_context_length(16384)
+    writer.add_block_count(2)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_embedding_length(64)
+    writer.add_string("llama.attention.key_length", "not a number")  # hostile: ignored
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    meta = read_metadata(tmp_path / "m.gguf")
+    assert meta == Metadata(arch="llama", train_ctx=16384, layers=2, heads=4, kv_heads=2,
+                            head_dim=16)
+    with pytest.raises(BackendError, match="does not exist"):
+        read_metadata(tmp_path / "missing.gguf")
+
+
 def test_default_context_is_the_training_context_when_it_fits():
     tiny = Metadata(arch="llama", train_ctx=4096, layers=2, heads=4, kv_heads=2, head_dim=16)
     assert default_context(tiny, 10 << 20, 8 << 30) == 4096
@@ -289,3 +310,44 @@ def test_metered_backend_shows_tokens_live_and_passes_events_through(tmp_path):
     events = list(metered.stream(MESSAGES, []))
     assert events[0] == TextDelta("one two") and isinstance(events[-1], Finish)
     assert "model: 1 tokens" in out.getvalue()
+
+
+# ---- llama.cpp at --ctx 8192 with the real agent prompt ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_gguf(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    from loopcli.convert.export import convert
+    from loopcli.runtime.synthetic import write_synthetic
+
+    folder = tmp_path_factory.mktemp("llama")
+    write_synthetic(folder / "hf", arch="llama")
+    convert(folder / "hf", folder / "tiny.gguf", "q8_0", show_progress=False)
+    return folder / "tiny.gguf"
+
+
+def test_llama_cpp_default_context_is_the_training_context(llama_gguf):
+    llama = make_backend("llama.cpp", str(llama_gguf), n_threads=1, max_tokens=4)
+    assert llama.context_window == 4096  # the synthetic model's training context fits memory
+
+
+def test_llama_cpp_runs_a_long_agent_prompt_at_ctx_8192(llama_gguf, tmp_path):
+    llama = make_backend("llama.cpp", str(llama_gguf), ctx=8192, n_threads=1, max_tokens=16)
+    assert llama.context_window == 8192
+    repo = tmp_path / "repo"
+    (repo / "calc").mkdir(parents=True)
+    for name in ("ops", "parse", "report"):
+        body = "".join(f"def {name}_{i}(value, scale={i}):\n    return value * scale + {i}\n\n\n"
+                       for i in range(40))
+        (repo / "calc" / f"{name}.py").write_text(body)
+    issue = "ops_3 returns the wrong value for negative scales; fix it and keep the others."
+    config = FixConfig(issue, repo, llama, limits=Limits(max_steps=1),
+                       trajectory=tmp_path / "t.jsonl", store_dir=tmp_path / "store",
+                       map_cache=tmp_path / "map")
+    result = run_fix(config)
+    events = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    model = next(e for e in events if e["type"] == "model")
+    assert model["usage"]["prompt_tokens"] >= 3100  # more than the old n_ctx=4096 could budget
+    assert 0 < model["usage"]["completion_tokens"] <= 16
+    assert result.status in ("limit", "format_errors")  # random weights: noise, not a tool call
