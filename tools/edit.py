@@ -37,8 +37,10 @@ MISSING nodes in a file that parsed cleanly before is refused and nothing is wri
 that already had parse errors is not gated (its errors would be blamed on the edit). Python
 files also go through Python's own compiler (``compile(text, path, "exec")``), which catches
 what tree-sitter accepts (TabError, IndentationError, some SyntaxErrors): an edit that makes a
-compiling file stop compiling is refused with the line and the reason. Other languages get
-the tree-sitter check only; files without a grammar (Makefile, YAML, Markdown...) none.
+compiling file stop compiling is refused with the line and the reason (new files are
+not compiled: with nothing to compare, syntax newer than this interpreter would be refused).
+Other languages get the tree-sitter check only; files without a grammar (Makefile, YAML,
+Markdown...) none.
 """
 
 from __future__ import annotations
@@ -242,13 +244,17 @@ def _check_syntax(target: Path, rel: str, before: str | None, after: str) -> Non
     if lang is None:
         return
     _check_tree_sitter(lang, rel, before, after)
-    if lang == "python":
+    if lang == "python" and before is not None:
         _check_python_compiles(rel, before, after)
 
 
-def _check_python_compiles(rel: str, before: str | None, after: str) -> None:
-    """Python's own compiler: it rejects what tree-sitter accepts (mixed tabs and spaces)."""
-    if before is not None and _compile_error(before, rel) is not None:
+def _check_python_compiles(rel: str, before: str, after: str) -> None:
+    """Python's own compiler: it rejects what tree-sitter accepts (mixed tabs and spaces).
+
+    Only for files that compiled before the edit, on the interpreter loopcli runs on (syntax
+    newer than it would be refused; a file already using such syntax is not gated).
+    """
+    if _compile_error(before, rel) is not None:
         return  # it did not compile before: its errors are not the edit's
     error = _compile_error(after, rel)
     if error is None:

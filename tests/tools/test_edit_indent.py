@@ -288,3 +288,9 @@ def test_symbol_edit_that_breaks_compilation_is_refused(tmp_path):
         edit.replace_symbol(Workspace(tmp_path), "shop.py", "Shop.count",
                             "def count(self, items):\n\treturn len(items)\nreturn 0")
     assert path.read_text() == TAB_PY
+
+
+def test_new_python_files_are_checked_by_tree_sitter_only(tmp_path):
+    # no original to compare with: compile() is skipped (tree-sitter still gates the syntax)
+    edit.write(Workspace(tmp_path), "new.py", "def g():\n    return 1\nreturn 2\n")
+    assert (tmp_path / "new.py").read_text() == "def g():\n    return 1\nreturn 2\n"
