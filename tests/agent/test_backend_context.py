@@ -247,6 +247,17 @@ def test_ctx_goes_to_each_backends_own_argument(monkeypatch, kind, argument):
     assert made[argument] == 5000
 
 
+def test_ctx_reaches_eval_backends(tmp_path):
+    from loopcli.cli import _eval_backends
+
+    script = tmp_path / "solution.jsonl"
+    script.write_text(json.dumps({"text": "x"}) + "\n")
+    assert _eval_backends("scripted", str(script), None, 1234)(None).context_window == 1234
+    shared = _eval_backends("openai", "coder", "http://127.0.0.1:9/v1", 4321)
+    assert shared(None) is shared(None) and shared(None).context_window == 4321
+    assert _eval_backends("scripted", str(script), None, None)(None).context_window == 32768
+
+
 def test_bad_ctx_is_refused():
     with pytest.raises(ValueError, match="positive number of tokens"):
         make_backend("scripted", "x.jsonl", ctx=0)
