@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from loopcli.agent import Limits
+from loopcli import prompts
+from loopcli.agent import Limits, build_system_prompt
 from loopcli.backends import factory, openai_compat
 from loopcli.backends.base import BackendError, Finish, TextDelta, collect
 from loopcli.backends.factory import make_backend
@@ -21,6 +22,7 @@ from loopcli.backends.gguf_context import Metadata, default_context, read_metada
 from loopcli.backends.scripted import ScriptedBackend
 from loopcli.cli import cli
 from loopcli.fix import FixConfig, MeteredBackend, run_fix
+from loopcli.tools.toolbox import Toolbox
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 OVERFLOW = {"error": {"code": 400, "message": "request (9000 tokens) exceeds the available "
@@ -343,8 +345,12 @@ def test_llama_cpp_default_context_is_the_training_context(llama_gguf):
     assert llama.context_window == 4096  # the synthetic model's training context fits memory
 
 
-def test_llama_cpp_runs_a_long_agent_prompt_at_ctx_8192(llama_gguf, tmp_path):
-    llama = make_backend("llama.cpp", str(llama_gguf), ctx=8192, n_threads=1, max_tokens=16)
+def test_llama_cpp_runs_the_agent_prompt_at_ctx_8192(llama_gguf, tmp_path):
+    """The agent's real system prompt (tool docs, repo map) and task: 3.1k+ tokens, more than
+    the old n_ctx=4096 left room for. The tool schemas are not sent: with the synthetic
+    byte-level tokenizer they add 5.4k tokens, and the whole request (9.2k) needs --ctx 16384;
+    a real vocabulary makes the same request about 3.1k tokens."""
+    llama = make_backend("llama.cpp", str(llama_gguf), ctx=8192, n_threads=1, max_tokens=8)
     assert llama.context_window == 8192
     repo = tmp_path / "repo"
     (repo / "calc").mkdir(parents=True)
@@ -353,12 +359,12 @@ def test_llama_cpp_runs_a_long_agent_prompt_at_ctx_8192(llama_gguf, tmp_path):
                        for i in range(40))
         (repo / "calc" / f"{name}.py").write_text(body)
     issue = "ops_3 returns the wrong value for negative scales; fix it and keep the others."
-    config = FixConfig(issue, repo, llama, limits=Limits(max_steps=1),
-                       trajectory=tmp_path / "t.jsonl", store_dir=tmp_path / "store",
-                       map_cache=tmp_path / "map")
-    result = run_fix(config)
-    events = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
-    model = next(e for e in events if e["type"] == "model")
-    assert model["usage"]["prompt_tokens"] >= 3100  # more than the old n_ctx=4096 could budget
-    assert 0 < model["usage"]["completion_tokens"] <= 16
-    assert result.status in ("limit", "format_errors")  # random weights: noise, not a tool call
+    toolbox = Toolbox(repo, store_dir=tmp_path / "store")
+    system = build_system_prompt(toolbox, llama, issue, None, tmp_path / "map")
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": prompts.TASK_TEMPLATE.format(issue=issue)}]
+    reply = collect(llama.stream(messages, []))
+    assert reply.usage.prompt_tokens >= 3100
+    assert reply.usage.completion_tokens > 0 and reply.finish_reason == "length"  # max_tokens
+    with pytest.raises(BackendError, match=r"exceed context window of 8192"):
+        collect(llama.stream(messages, toolbox.schemas() + [prompts.FINISH_SCHEMA]))
