@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from loopcli import prompts
-from loopcli.agent import Limits, build_system_prompt
+from loopcli.agent import build_system_prompt
 from loopcli.backends import factory, openai_compat
 from loopcli.backends.base import BackendError, Finish, TextDelta, collect
 from loopcli.backends.factory import make_backend
