@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -211,7 +212,7 @@ class Agent:
         elif call.name == "finish":
             output, ok = self._finish(call)
         else:
-            result = self.toolbox.call(call.name, call.arguments)
+            result = self.toolbox.call(call.name, self._within_time(call))
             output, ok = clean_text(result.output), result.ok  # file names may not be UTF-8
         if self._same_calls == MAX_IDENTICAL_CALLS - 1:
             self.emit("nudge", reason="repeated_call", call=_label(call))
@@ -250,6 +251,26 @@ class Agent:
         elapsed = time.monotonic() - self._start
         if limits.max_seconds is not None and elapsed >= limits.max_seconds:
             self._limit("time", f"time limit of {limits.max_seconds:g} s reached")
+
+    def time_left(self) -> float | None:
+        """Seconds left of --max-time (None: no time limit)."""
+        if self.limits.max_seconds is None:
+            return None
+        return self.limits.max_seconds - (time.monotonic() - self._start)
+
+    def _within_time(self, call: ToolCall) -> dict | str:
+        """The call's arguments, a shell timeout cut to the time left, so --max-time holds."""
+        left = self.time_left()
+        args = _arguments(call.arguments)
+        if left is None or call.name != "shell" or not args:
+            return call.arguments
+        if left <= 0:
+            self._limit("time", f"time limit of {self.limits.max_seconds:g} s reached")
+        try:
+            asked = float(args.get("timeout") or self.toolbox.shell_timeout)
+        except (TypeError, ValueError):
+            return call.arguments  # the toolbox reports the bad timeout
+        return {**args, "timeout": max(1, min(int(asked), math.ceil(left)))}
 
     def _limit(self, limit: str, message: str) -> None:
         self.emit("limit", limit=limit, message=message)

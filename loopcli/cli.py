@@ -163,6 +163,9 @@ def _backend_options(command):
                                         "...) for the openai backend."),
         click.option("--max-steps", type=click.IntRange(1), default=50, show_default=True,
                      help="Model calls per run."),
+        click.option("--ctx", type=click.IntRange(1), help="Context length in tokens (default: "
+                     "local and llama.cpp: the model's training context, llama.cpp capped to fit "
+                     "memory; openai: what the server reports)."),
     ]):
         command = option(command)
     return command
@@ -218,7 +221,7 @@ def _sandbox(repo: Path | None, policy: str | None, network: bool | None, consol
 @click.option("--trajectory", type=click.Path(dir_okay=False, path_type=Path),
               help="Trajectory JSONL file (default under ~/.cache/loopcli/trajectories/).")
 @_sandbox_options
-def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, max_time,
+def fix(issue, repo, backend, model, base_url, max_steps, ctx, test_cmd, max_tokens, max_time,
         as_json, commit, branch, trajectory, sandbox_policy, network):
     """Resolve ISSUE (text, @file, or - for stdin) in a repository, headless.
 
@@ -231,7 +234,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     from loopcli.agent import Limits, json_line
     from loopcli.backends.base import BackendError
     from loopcli.fix import FixConfig, default_branch, progress_line, read_issue, run_fix
-    from loopcli.fix import check_repo, detect_test_command, make_backend
+    from loopcli.fix import MeteredBackend, check_repo, detect_test_command, make_backend
     from loopcli.fix import EXIT_BUSY, EXIT_TERMINATED, Terminated
     from loopcli.tools.repolock import RepoBusy
 
@@ -243,10 +246,12 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     sandbox = _sandbox(root, sandbox_policy, network, console)
     try:
-        model_backend = make_backend(backend, model, base_url)
+        model_backend = make_backend(backend, model, base_url, ctx)
     except BackendError as exc:
         console.print(f"error: {backend} backend failed: {exc}", markup=False)
         sys.exit(3)
+    if console.is_terminal:  # a live token count while the model streams
+        model_backend = MeteredBackend(model_backend, console)
 
     def emit(event: dict) -> None:
         line = progress_line(event)
@@ -289,7 +294,7 @@ def fix(issue, repo, backend, model, base_url, max_steps, test_cmd, max_tokens, 
               help="Tasks run at the same time (openai or scripted backend).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_sandbox_options
-def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json, sandbox_policy,
+def eval_(tasks, backend, model, base_url, max_steps, ctx, out, jobs, as_json, sandbox_policy,
           network):
     """Run SWE-bench-shaped TASKS (a folder of tasks, or one task) and score them.
 
@@ -301,7 +306,7 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json, sandbo
 
     from loopcli.agent import Limits
     from loopcli.backends.base import BackendError
-    from loopcli.evaluate import evaluate, load_tasks, render_report, task_backends
+    from loopcli.evaluate import evaluate, load_tasks, render_report
 
     if jobs > 1 and backend in ("local", "llama.cpp"):
         raise FixError("--jobs above 1 needs the openai or scripted backend: an in-process "
@@ -310,7 +315,7 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json, sandbo
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     sandbox = _sandbox(None, sandbox_policy, network, console)
     try:
-        backends = task_backends(backend, model, base_url)
+        backends = _eval_backends(backend, model, base_url, ctx)
     except BackendError as exc:
         console.print(f"error: {backend} backend failed: {exc}", markup=False)
         sys.exit(3)
@@ -324,6 +329,25 @@ def eval_(tasks, backend, model, base_url, max_steps, out, jobs, as_json, sandbo
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_report(report))
     if report.exit_code:
         sys.exit(report.exit_code)
+
+
+def _eval_backends(kind, model, base_url, ctx):
+    """evaluate.task_backends, with the context length `ctx` when one is given."""
+    from loopcli.evaluate import task_backends
+    from loopcli.fix import make_backend
+
+    if ctx is None:
+        return task_backends(kind, model, base_url)
+    if kind != "scripted":
+        shared = make_backend(kind, model, base_url, ctx)
+        return lambda task: shared
+    per_task = task_backends(kind, model, base_url)
+
+    def with_ctx(task):
+        backend = per_task(task)
+        backend.context_window = ctx
+        return backend
+    return with_ctx
 
 
 def main() -> None:

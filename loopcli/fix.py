@@ -120,9 +120,10 @@ def check_repo(repo: Path) -> Path:
     return repo.resolve()
 
 
-def make_backend(kind: str, model: str | None, base_url: str | None) -> Backend:
+def make_backend(kind: str, model: str | None, base_url: str | None,
+                 ctx: int | None = None) -> Backend:
     """loopcli.backends.factory's backend; its ValueErrors (bad choices, a malformed script)
-    are bad input."""
+    are bad input. `ctx`: the context length in tokens (None: the backend's default)."""
     from loopcli.backends.factory import make_backend as factory
 
     if kind in ("local", "llama.cpp") and model and not Path(model).exists():
@@ -133,7 +134,7 @@ def make_backend(kind: str, model: str | None, base_url: str | None) -> Backend:
 
         check_gguf(model)  # a corrupt file is bad input (exit 2), not a backend failure
     try:
-        return factory(kind, model=model, base_url=base_url)
+        return factory(kind, model=model, base_url=base_url, ctx=ctx)
     except ValueError as exc:
         raise FixError(str(exc)) from None
 
@@ -352,7 +353,7 @@ def _run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
                 "limits": vars(limits), "issue": config.issue, "system_prompt": prompt})
         agent = Agent(config.backend, toolbox, prompt, limits=limits, record=record)
         if config.test_cmd:
-            agent.verify = _verifier(toolbox, config.test_cmd, agent.emit)
+            agent.verify = _verifier(toolbox, config.test_cmd, agent.emit, agent.time_left)
         try:
             run = agent.run(TASK_TEMPLATE.format(issue=config.issue))
             diff = toolbox.checkpoints.diff(start)
@@ -370,11 +371,14 @@ def _run_fix(config: FixConfig, emit: Emit | None = None) -> FixResult:
     return result
 
 
-def _verifier(toolbox: Toolbox, cmd: str, emit: Callable[..., None]):
+def _verifier(toolbox: Toolbox, cmd: str, emit: Callable[..., None],
+              time_left: Callable[[], float | None] = lambda: None):
     from loopcli.prompts import TESTS_FAILED
 
     def verify() -> tuple[bool, str]:
-        test = run_tests(toolbox, cmd)
+        left = time_left()  # --max-time bounds the test run too
+        timeout = TEST_TIMEOUT if left is None else max(1, min(TEST_TIMEOUT, left))
+        test = run_tests(toolbox, cmd, timeout)
         emit("test", cmd=cmd, passed=test.passed, exit_code=test.exit_code,
              seconds=test.seconds, output=test.output)
         tail = test.output[-TEST_OUTPUT_CHARS:]
@@ -440,3 +444,37 @@ def progress_line(event: dict) -> str | None:
     if kind == "commit":
         return f"committed {event['commit'][:12]} on branch {event['branch']}"
     return None
+
+
+class MeteredBackend:
+    """A backend whose replies show live on a terminal while they stream: a transient status
+    line on stderr with the text pieces received (one per token on llama.cpp, the local runtime
+    and most servers) and their rate, cleared when the reply ends, so progress lines stay clean."""
+
+    def __init__(self, backend: Backend, console):
+        self.backend = backend
+        self.name = backend.name
+        self.console = console
+
+    @property
+    def context_window(self) -> int:
+        return self.backend.context_window
+
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
+
+    def stream(self, messages: list[dict], tools: list[dict]):
+        from loopcli.backends.base import TextDelta
+
+        started = time.monotonic()
+        first, tokens = None, 0
+        with self.console.status("[dim]model: reading the prompt[/]") as status:
+            for event in self.backend.stream(messages, tools):
+                if isinstance(event, TextDelta):
+                    tokens += 1
+                    now = time.monotonic()
+                    first = first or now
+                    rate = (tokens - 1) / (now - first) if now > first else 0.0
+                    status.update(f"[dim]model: {tokens} tokens, {rate:.1f} tok/s "
+                                  f"(first after {first - started:.1f} s)[/]")
+                yield event

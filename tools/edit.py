@@ -15,6 +15,13 @@ Text matching (``replace``) tries, in order, and stops at the first tier that ma
    characters never matches fuzzily: a ratio over so few characters means little.
 
 Tiers 2-4 replace whole lines. Several matches with ``all=False`` are refused, naming where.
+When tiers 2-3 find nothing and ``old`` / ``new`` are indented in another style than the file
+(spaces where it has tabs, 4 spaces per level where it has 2), they are converted to the
+file's style level by level and tiers 1-3 run again; the fuzzy tier compares the converted
+text too. Whatever tier matched, the new lines are written in the indentation style of the
+lines they replace (tabs or spaces, and the file's indent width), and the reply says when
+indentation was converted. The fuzzy tier stops after FUZZY_BUDGET characters of comparison
+and then refuses rather than guess.
 
 Symbol edits (``replace_symbol``, ``insert_after_symbol``) find a definition through the
 tree-sitter tags (``tags.extract_tags``). Names are qualified by containment: a method in a
@@ -23,18 +30,28 @@ class is ``Class.method``, a nested function ``outer.inner``, a Rust method ``Ty
 parameters). ``Type::method``, ``Class#method`` and ``(*Type).Method`` are accepted too, and
 a name that is unique as a suffix (``method`` for ``Class.method``) is enough. A definition's
 range includes Python decorators; text before it on its first line (a JS ``export``) is kept.
-Code given at any indentation is re-indented to the symbol's.
+Code given at any indentation is re-indented to the symbol's, in the file's indentation style.
 
 Syntax gate: when the file's language has a tree-sitter grammar, an edit that leaves ERROR or
 MISSING nodes in a file that parsed cleanly before is refused and nothing is written. A file
-that already had parse errors is not gated (its errors would be blamed on the edit).
+that already had parse errors is not gated (its errors would be blamed on the edit). Python
+files also go through Python's own compiler (``compile(text, path, "exec")``), which catches
+what tree-sitter accepts (TabError, IndentationError, some SyntaxErrors): an edit that makes a
+compiling file stop compiling is refused with the line and the reason (new files are
+not compiled: with nothing to compare, syntax newer than this interpreter would be refused).
+Other languages get the tree-sitter check only; files without a grammar (Makefile, YAML,
+Markdown...) none.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import math
 import os
 import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from dataclasses import replace as replace_dc
 from pathlib import Path
@@ -50,6 +67,9 @@ FUZZY_MARGIN = 0.05
 FUZZY_MIN_CHARS = 20
 HINT_MIN = 0.5  # below this the closest window is not worth showing
 HINT_BUDGET = 200  # windows scored to find the closest one when none is close enough to apply
+FUZZY_BUDGET = 20_000_000  # characters the fuzzy tier may compare before it gives up
+RATIO_COST = 8  # a SequenceMatcher.ratio() counted as this many passes over its two texts
+LINE_COST = 20  # the per-line work of building a window, counted in characters
 DIFF_MAX_LINES = 40
 
 
@@ -76,9 +96,8 @@ def replace(ws: Workspace, path: str | os.PathLike, old: str, new: str, all: boo
         raise ToolError("old and new are identical, so there is nothing to change")
     target, before = _read_existing(ws, path)
     label, matches = _find(before.text, old, new, all, ws.relative(target))
-    after = before
-    for m in sorted(matches, key=lambda m: m.start, reverse=True):
-        after = after.splice(m.start, m.end, m.new)
+    ordered = sorted(matches, key=lambda m: m.start)
+    after = before.splice_many([(m.start, m.end, m.new) for m in ordered])
     return _commit(ws, target, before, after, _where(label, matches))
 
 
@@ -114,12 +133,13 @@ def replace_symbol(ws: Workspace, path: str | os.PathLike, symbol: str, new_code
     target, before, sym, indent = _symbol_site(ws, path, symbol)
     text = before.text
     kept = text[text.rfind("\n", 0, sym.start) + 1 + len(indent):sym.start]  # e.g. JS `export `
+    new_code, converted = _code_in_file_style(new_code, text, sym)
     block = "\n".join(_fit_block(new_code, indent))[len(indent):]
     if kept and block.startswith(kept):
         block = block[len(kept):]
     after = before.splice(sym.start, sym.end, block)
     now = _span_text(sym.first, sym.first + block.count("\n"))
-    what = f"replaced {sym.qualname} (was {sym.lines}, now {now})"
+    what = f"replaced {sym.qualname} (was {sym.lines}, now {now}){converted}"
     return _commit(ws, target, before, after, what)
 
 
@@ -133,11 +153,12 @@ def insert_after_symbol(ws: Workspace, path: str | os.PathLike, symbol: str, cod
     at = len(text) if end_of_line == -1 else end_of_line
     # PEP 8 puts two blank lines between top-level Python definitions, one elsewhere
     blank = 2 if language_for(target) == "python" and not indent else 1
+    code, converted = _code_in_file_style(code, text, sym)
     lines = _fit_block(code, indent)
     after = before.splice(at, at, "\n" * (blank + 1) + "\n".join(lines))
     first = _line_of(text, at) + blank + 1
     where = _span_text(first, first + len(lines) - 1)
-    what = f"inserted {len(lines)} lines after {sym.qualname}, at {where}"
+    what = f"inserted {len(lines)} lines after {sym.qualname}, at {where}{converted}"
     return _commit(ws, target, before, after, what)
 
 
@@ -222,6 +243,46 @@ def _check_syntax(target: Path, rel: str, before: str | None, after: str) -> Non
     lang = language_for(target)
     if lang is None:
         return
+    _check_tree_sitter(lang, rel, before, after)
+    if lang == "python" and before is not None:
+        _check_python_compiles(rel, before, after)
+
+
+def _check_python_compiles(rel: str, before: str, after: str) -> None:
+    """Python's own compiler: it rejects what tree-sitter accepts (mixed tabs and spaces).
+
+    Only for files that compiled before the edit, on the interpreter loopcli runs on (syntax
+    newer than it would be refused; a file already using such syntax is not gated).
+    """
+    if _compile_error(before, rel) is not None:
+        return  # it did not compile before: its errors are not the edit's
+    error = _compile_error(after, rel)
+    if error is None:
+        return
+    kind, line, reason = error
+    lines = after.split("\n")
+    shown = f"\n  {line:>4} | {lines[line - 1]}" if 0 < line <= len(lines) else ""
+    raise ToolError(
+        f"edit refused, nothing written: Python cannot compile {rel} after it: {kind} at line "
+        f"{line}: {reason}{shown}\n"
+        "Fix the new text (indent with the file's own characters, close brackets) and retry."
+    )
+
+
+def _compile_error(source: str, rel: str) -> tuple[str, int, str] | None:
+    """(exception name, line, message) when `source` does not compile, else None."""
+    try:
+        with warnings.catch_warnings():  # SyntaxWarnings (invalid escapes) are not errors
+            warnings.simplefilter("ignore")
+            compile(source, rel, "exec", dont_inherit=True)
+    except SyntaxError as exc:  # IndentationError and TabError included
+        return type(exc).__name__, exc.lineno or 0, exc.msg
+    except (ValueError, RecursionError, MemoryError) as exc:  # NUL bytes, nesting too deep
+        return type(exc).__name__, 0, str(exc)
+    return None
+
+
+def _check_tree_sitter(lang: str, rel: str, before: str | None, after: str) -> None:
     ts = parser(lang)
     if before is not None and ts.parse(before.encode()).root_node.has_error:
         return
@@ -268,6 +329,23 @@ class _Lines:
             self.starts.append(offset)
             offset += len(line) + 1
 
+    @functools.cached_property
+    def width(self) -> int | None:
+        """The file's spaces per indent level (None: no space-indented lines to tell)."""
+        return _space_width(self.lines)
+
+    @functools.cached_property
+    def styles(self) -> list[_Style]:
+        """The file's indentation styles, the most used first (two in a mixed file)."""
+        tabs = spaces = 0
+        for line in self.lines:
+            if line[:1] == "\t" and line.strip():
+                tabs += 1
+            elif line[:1] == " " and line.strip():
+                spaces += 1
+        ranked = sorted([(tabs, True), (spaces, False)], reverse=True)
+        return [_Style(is_tabs, self.width) for used, is_tabs in ranked if used]
+
     def span(self, first: int, count: int, new: str) -> _Match:
         """A match replacing `count` whole lines from `first`; deleting them takes their newline."""
         start = self.starts[first]
@@ -283,7 +361,12 @@ class _Lines:
 def _find(text: str, old: str, new: str, all: bool, rel: str) -> tuple[str, list[_Match]]:
     exact = _exact(text, old, new)
     if exact:
-        return "exact match", _one_or_all(exact, all, rel, "")
+        exact = _one_or_all(exact, all, rel, "")
+        whole = [m for m in exact if _whole_lines(text, m.start, m.end)]
+        if len(whole) < len(exact) or _Style.of(new.split("\n")) is None:
+            return "exact match", exact
+        found, note = _new_in_window_style(_Lines(text), exact, new, old.count("\n") + 1, rel)
+        return "exact match" + note, found
     lines = _Lines(text)
     old_lines = old.removesuffix("\n").split("\n")
     new_block = new.removesuffix("\n")
@@ -291,15 +374,38 @@ def _find(text: str, old: str, new: str, all: bool, rel: str) -> tuple[str, list
                         ("matched after re-indenting", _indent_tier)):
         found = _windows(lines, old_lines, new_block, tier)
         if found:
-            return label, _one_or_all(found, all, rel, f" ({label})")
+            found, note = _new_in_window_style(lines, found, new_block, len(old_lines), rel)
+            return label + note, _one_or_all(found, all, rel, f" ({label})")
+    # old quoted in another indentation style (spaces for tabs, 4 for 2): read it as the file's
+    converted = None
+    model = _Style.of(old_lines + new_block.split("\n"))
+    for style in lines.styles if model else []:
+        if not _should_convert(model, style, rel):
+            continue
+        old_conv = [_convert(line, model, style) for line in old_lines]
+        new_conv = "\n".join(_convert(line, model, style) for line in new_block.split("\n"))
+        converted = converted or (old_conv, new_conv, "; " + _converted_note(model, style))
+        for label, tier in (("matched ignoring trailing whitespace", _rstrip_tier),
+                            ("matched after re-indenting", _indent_tier)):
+            found = _windows(lines, old_conv, new_conv, tier)
+            if found:
+                label = f"matched after converting: {_converted_note(model, style)}"
+                return label, _one_or_all(found, all, rel, " (after converting indentation)")
+    if converted:
+        old_lines, new_block, note = converted
+        label, found = _fuzzy(lines, old_lines, new_block, new, rel)
+        return label + note, found
     return _fuzzy(lines, old_lines, new_block, new, rel)
 
 
 def _exact(text: str, old: str, new: str) -> list[_Match]:
     found = []
+    line, counted_to = 1, 0  # line numbers counted incrementally: linear in many matches
     index = text.find(old)
     while index != -1:
-        found.append(_Match(index, index + len(old), new, _line_of(text, index)))
+        line += text.count("\n", counted_to, index)
+        counted_to = index
+        found.append(_Match(index, index + len(old), new, line))
         index = text.find(old, index + len(old))
     return found
 
@@ -335,6 +441,8 @@ def _rstrip_tier(window: list[str], old_lines: list[str], new_block: str) -> str
 
 
 def _indent_tier(window: list[str], old_lines: list[str], new_block: str) -> str | None:
+    if not all(a.strip() == b.strip() for a, b in zip(window, old_lines)):
+        return None  # the cheap test first: most windows differ in their first line
     shift = _indent_shift(window, old_lines)
     if shift is None or _dedent(window) != _dedent(old_lines):
         return None
@@ -382,12 +490,159 @@ def _shift_block(block: str, old_indent: str, file_indent: str) -> str:
     return "\n".join(out)
 
 
+# -- indentation style
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How text indents: tabs, or `width` spaces per level (None: the width is not known)."""
+
+    tabs: bool
+    width: int | None
+
+    @classmethod
+    def of(cls, lines: list[str]) -> _Style | None:
+        """The style most indented lines use; None when no line is indented."""
+        leads = [_leading(line) for line in lines if line.strip() and line[0] in " \t"]
+        if not leads:
+            return None
+        return cls(sum(lead[0] == "\t" for lead in leads) * 2 > len(leads), _space_width(lines))
+
+    def parse(self, indent: str) -> tuple[int, int]:
+        """(levels, alignment spaces) of an indent written in this style."""
+        tabs, spaces = indent.count("\t"), len(indent) - indent.count("\t")
+        if self.tabs and tabs:
+            return tabs, spaces  # spaces after tabs align, they are no level
+        return tabs + spaces // (self.width or 4), spaces % (self.width or 4)
+
+    def render(self, levels: int, rest: int) -> str:
+        if self.tabs:
+            return "\t" * levels + " " * rest
+        return " " * (levels * (self.width or 4) + rest)
+
+    def describe(self) -> str:
+        return "tabs" if self.tabs else f"{self.width or 4} spaces per level"
+
+
+def _space_width(lines: list[str]) -> int | None:
+    """Spaces per level: the most common indent step that most indents are a multiple of
+    (else their greatest common divisor); None outside 2-8 or with nothing indented."""
+    steps: Counter = Counter()
+    indents = []
+    previous = None
+    for line in lines:
+        if not line.strip():
+            continue
+        lead = _leading(line)
+        if "\t" in lead:
+            previous = None
+            continue
+        if previous is not None and len(lead) > previous:
+            steps[len(lead) - previous] += 1
+        previous = len(lead)
+        if lead:
+            indents.append(len(lead))
+    if not indents:
+        return None
+    for width, _ in sorted(steps.items(), key=lambda item: (-item[1], item[0])):
+        if 2 <= width <= 8 and sum(n % width == 0 for n in indents) >= 0.8 * len(indents):
+            return width
+    width = math.gcd(*indents)
+    return width if 2 <= width <= 8 else None
+
+
+def _tabs_are_syntax(rel: str) -> bool:
+    """make needs its recipe lines to start with a tab: never turn those into spaces."""
+    name = rel.rsplit("/", 1)[-1].lower()
+    return name in ("makefile", "gnumakefile") or name.endswith(".mk")
+
+
+def _should_convert(model: _Style, file: _Style, rel: str) -> bool:
+    if model.tabs and not file.tabs and _tabs_are_syntax(rel):
+        return False
+    if model.tabs != file.tabs:
+        return True
+    # two space widths: only when both are known (an unknown one is no evidence of a mismatch)
+    return not model.tabs and None not in (model.width, file.width) and model.width != file.width
+
+
+def _convert(line: str, model: _Style, file: _Style) -> str:
+    """`line` with its indent re-written from the model's style into the file's, level by level."""
+    lead = _leading(line)
+    if not lead:
+        return line
+    return file.render(*model.parse(lead)) + line[len(lead):]
+
+
+def _converted_note(model: _Style, file: _Style) -> str:
+    return (f"indentation converted from {model.describe()} to {file.describe()}, "
+            f"this file's style: indent with {file.describe()} here")
+
+
+def _whole_lines(text: str, start: int, end: int) -> bool:
+    return (start == 0 or text[start - 1] == "\n") and (
+        end == len(text) or text[end - 1] == "\n" or text[end] == "\n")
+
+
+def _new_in_window_style(lines: _Lines, found: list[_Match], new: str, count: int,
+                         rel: str) -> tuple[list[_Match], str]:
+    """Matches whose new text is re-indented to the tabs-or-spaces of the lines it replaces.
+
+    Old matched in the file's own characters here; only a new text indented with the other
+    character (spaces where the lines have tabs, or the reverse) is converted.
+    """
+    model = _Style.of(new.split("\n"))
+    if model is None:
+        return found, ""
+    out, note = [], ""
+    for match in found:
+        window = lines.lines[match.line - 1:match.line - 1 + count]
+        style = _Style.of(window) or (lines.styles or [None])[0]
+        if style is None or style.tabs == model.tabs or not _should_convert(model, style, rel):
+            out.append(match)
+            continue
+        style = _Style(style.tabs, lines.width)
+        converted = "\n".join(_convert(line, model, style) for line in match.new.split("\n"))
+        out.append(replace_dc(match, new=converted))
+        note = "; " + _converted_note(model, style)
+    return out, note
+
+
+def _code_in_file_style(code: str, text: str, sym: _Symbol) -> tuple[str, str]:
+    """`code` re-indented into the style of the symbol's lines (else the file's), and a note."""
+    model = _Style.of(_lf(code).split("\n"))
+    if model is None:
+        return code, ""
+    lines = _Lines(text)
+    body = text[sym.start:sym.end].split("\n")[1:]
+    style = _Style.of(body) or (lines.styles or [None])[0]
+    if style is None:
+        return code, ""
+    style = _Style(style.tabs, lines.width)
+    if not _should_convert(model, style, ""):
+        return code, ""
+    converted = "\n".join(_convert(line, model, style) for line in _lf(code).split("\n"))
+    return converted, "; " + _converted_note(model, style)
+
+
 # -- fuzzy tier and the no-match report
+
+
+class _OutOfBudget(Exception):
+    pass
 
 
 def _fuzzy(lines: _Lines, old_lines: list[str], new_block: str, new: str,
            rel: str) -> tuple[str, list[_Match]]:
-    scores = _similarities(lines.lines, old_lines)
+    try:
+        scores = _similarities(lines.lines, old_lines)
+    except _OutOfBudget:
+        raise ToolError(
+            f"old text is not in {rel} exactly (tried exact, trailing-whitespace and re-indented "
+            f"matching), and comparing it with every place of a file this large for a close "
+            "match would take too long. View the lines you mean and copy them exactly, or "
+            "quote fewer lines."
+        ) from None
     best = max(scores, key=scores.get, default=None)
     n = len(old_lines)
     if best is not None and scores[best] >= FUZZY_MIN and _fuzzy_allowed(old_lines):
@@ -417,13 +672,20 @@ def _similarities(file_lines: list[str], old_lines: list[str]) -> dict[int, floa
     Every window that might reach FUZZY_MIN - FUZZY_MARGIN is scored: those decide a fuzzy
     match. Below that only the closest window is wanted, for the hint, so windows are scored
     from the highest upper bound (``quick_ratio``) down, and only HINT_BUDGET of them.
+    The work is counted in characters compared; past FUZZY_BUDGET, _OutOfBudget is raised
+    while deciding windows are left (a match could not be told unique), else the hint stops.
     """
     n = len(old_lines)
     matcher = difflib.SequenceMatcher(None, autojunk=False)
-    matcher.set_seq2("\n".join(_dedent(old_lines)))  # seq2 is the one SequenceMatcher indexes
+    old_text = "\n".join(_dedent(old_lines))
+    matcher.set_seq2(old_text)  # seq2 is the one SequenceMatcher indexes
+    spent = 0
     bounds = {}
     for first in range(len(file_lines) - n + 1):
         window = "\n".join(_dedent(file_lines[first:first + n]))
+        spent += len(window) + LINE_COST * n
+        if spent > FUZZY_BUDGET:
+            raise _OutOfBudget
         matcher.set_seq1(window)
         if matcher.real_quick_ratio() >= HINT_MIN and (bound := matcher.quick_ratio()) >= HINT_MIN:
             bounds[first] = (bound, window)
@@ -431,7 +693,14 @@ def _similarities(file_lines: list[str], old_lines: list[str]) -> dict[int, floa
     best = 0.0
     for scored, first in enumerate(sorted(bounds, key=lambda i: -bounds[i][0])):
         bound, window = bounds[first]
-        if bound < FUZZY_MIN - FUZZY_MARGIN and (bound <= best or scored >= HINT_BUDGET):
+        deciding = bound >= FUZZY_MIN - FUZZY_MARGIN
+        if not deciding and (bound <= best or scored >= HINT_BUDGET):
+            break
+        # ratio() compares the two texts in blocks: charge it as several passes over both
+        spent += RATIO_COST * (len(window) + len(old_text))
+        if spent > FUZZY_BUDGET:
+            if deciding:
+                raise _OutOfBudget
             break
         matcher.set_seq1(window)
         score = matcher.ratio()

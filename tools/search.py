@@ -1,17 +1,28 @@
-"""Finding things: text by regex or literal across the project's files, and files by name."""
+"""Finding things: text by regex or literal across the project's files, and files by name.
+
+Patterns run on the `regex` module (re's syntax and behaviour, plus a timeout): a pattern
+that backtracks without end stops after SEARCH_SECONDS of matching (CPU time, which is what
+regex's timeout counts) for the whole search, and the search is refused with a message
+instead of hanging the agent. re itself cannot be interrupted, a thread running it cannot be
+killed, and a subprocess per search would cost more than most searches.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+import regex
 
 from .errors import ToolError
 from .view import suggest
 from .workspace import SNIFF_BYTES, Workspace, format_size, is_binary_prefix, plural
 
 MAX_SEARCH_BYTES = 20_000_000  # bigger files are skipped (and counted), like generated dumps
+SEARCH_SECONDS = 10.0  # CPU seconds of regex matching for one search, all files together
 LINE_WIDTH = 240  # a result line is clipped to about this many characters around the match
 _BRACES = re.compile(r"\{([^{}]*)\}")
 
@@ -36,21 +47,30 @@ def search(ws: Workspace, pattern: str, *, literal: bool = False, path: str | No
     The pattern is a Python regex (``^``/``$`` match at line ends) unless `literal`; a match
     that spans lines is reported at the line it starts on.
     """
-    regex = _compile(pattern, literal, ignore_case)
+    compiled = _compile(pattern, literal, ignore_case)
     candidates = _candidates(ws, path, glob)
     tally = _Tally(cap=max(1, max_results))
-    for rel in candidates:
-        _search_file(ws.root / rel, rel, regex, tally)
+    deadline = time.process_time() + SEARCH_SECONDS
+    try:
+        for rel in candidates:
+            _search_file(ws.root / rel, rel, compiled, tally, deadline)
+    except TimeoutError:
+        raise ToolError(
+            f"the regex {pattern!r} took more than {SEARCH_SECONDS:g} s of matching and was stopped "
+            f"({tally.matches:,} matching lines found before that): it probably backtracks "
+            "without end (nested repeats such as (a+)+ or (.*)*). Simplify it, anchor it on "
+            "literal text, narrow the search with path= or glob=, or pass literal=True"
+        ) from None
     return _report(pattern, len(candidates), tally)
 
 
-def _compile(pattern: str, literal: bool, ignore_case: bool) -> re.Pattern:
+def _compile(pattern: str, literal: bool, ignore_case: bool) -> regex.Pattern:
     if not pattern:
         raise ToolError("the search pattern is empty; give the text or regex to look for")
-    flags = re.MULTILINE | (re.IGNORECASE if ignore_case else 0)
+    flags = regex.MULTILINE | (regex.IGNORECASE if ignore_case else 0)
     try:
-        return re.compile(re.escape(pattern) if literal else pattern, flags)
-    except re.error as exc:
+        return regex.compile(re.escape(pattern) if literal else pattern, flags)
+    except regex.error as exc:
         raise ToolError(
             f"invalid regex {pattern!r}: {exc}; escape special characters, "
             "or pass literal=True to search for the text as is"
@@ -100,7 +120,8 @@ def _alternatives(pattern: str) -> list[str]:
     return expanded + collapsed
 
 
-def _search_file(path: Path, rel: str, regex: re.Pattern, tally: _Tally) -> None:
+def _search_file(path: Path, rel: str, pattern: regex.Pattern, tally: _Tally,
+                 deadline: float) -> None:
     try:
         if path.stat().st_size > MAX_SEARCH_BYTES:
             tally.skipped_big.append(rel)
@@ -113,7 +134,7 @@ def _search_file(path: Path, rel: str, regex: re.Pattern, tally: _Tally) -> None
         return
     text = data.decode("utf-8", "replace")
     before_rows, before_matches = len(tally.rows), tally.matches
-    for number, line, column in _matching_lines(text, regex):
+    for number, line, column in _matching_lines(text, pattern, deadline):
         tally.matches += 1
         if len(tally.rows) < tally.cap:
             tally.rows.append(f"{rel}:{number}: {_clip(line, column)}")
@@ -122,10 +143,14 @@ def _search_file(path: Path, rel: str, regex: re.Pattern, tally: _Tally) -> None
         tally.files_left_out += len(tally.rows) == before_rows
 
 
-def _matching_lines(text: str, regex: re.Pattern):
-    """(line number, line text, match column) once per line that has a match."""
+def _matching_lines(text: str, pattern: regex.Pattern, deadline: float):
+    """(line number, line text, match column) once per line that has a match.
+
+    Raises TimeoutError once `deadline` (time.process_time) has passed.
+    """
     number, counted_to, pos = 1, 0, 0
-    while pos < len(text) and (match := regex.search(text, pos)):
+    while pos < len(text) and (
+            match := pattern.search(text, pos, timeout=max(deadline - time.process_time(), 1e-3))):
         if match.start() == len(text) and text.endswith("\n"):
             return  # the empty "line" after the final newline is not a line
         number += text.count("\n", counted_to, match.start())

@@ -67,8 +67,21 @@ class TextFile:
 
     def splice(self, start: int, end: int, new: str) -> TextFile:
         """The file with `text[start:end]` replaced by `new` (LF line endings)."""
-        new = new.replace("\r\n", "\n").replace("\n", self.newline)
-        raw = self.raw[: self._raw_index(start)] + new + self.raw[self._raw_index(end):]
+        return self.splice_many([(start, end, new)])
+
+    def splice_many(self, edits: list[tuple[int, int, str]]) -> TextFile:
+        """The file with each `text[start:end]` replaced by its `new`, in one pass.
+
+        `edits` are (start, end, new) in ascending order, not overlapping; the cost is linear
+        in the file however many there are.
+        """
+        parts, done = [], 0
+        for start, end, new in edits:
+            parts.append(self.raw[done:self._raw_index(start)])
+            parts.append(new.replace("\r\n", "\n").replace("\n", self.newline))
+            done = self._raw_index(end)
+        parts.append(self.raw[done:])
+        raw = "".join(parts)
         return replace(self, raw=_keep_final_newline(raw, self.final_newline, self.newline))
 
     def encode(self) -> bytes:

@@ -14,19 +14,27 @@ MODEL_HELP = {
     "llama.cpp": "a .gguf file of an architecture llama.cpp runs",
     "scripted": "a JSONL file of model turns",
 }
+# the constructor argument each backend takes the context length (--ctx) as
+CONTEXT_ARG = {"local": "max_context", "llama.cpp": "n_ctx", "openai": "context_window",
+               "scripted": "context_window"}
 INSTALL = {"llama_cpp": "pip install 'loopcli[llama]' (llama-cpp-python)", "openai": "pip install openai"}
 
 
 def make_backend(kind: str, model: str | None = None, base_url: str | None = None,
-                 api_key: str | None = None, **opts) -> Backend:
+                 api_key: str | None = None, ctx: int | None = None, **opts) -> Backend:
     """`model` is a path (local, llama.cpp, scripted) or a served model name (openai, optional).
 
-    Bad choices raise ValueError; a missing optional package or a model that fails to load
-    raises BackendError. `opts` go to the backend's constructor.
+    `ctx` is the context length in tokens (None: the backend's own choice). Bad choices raise
+    ValueError; a missing optional package or a model that fails to load raises BackendError.
+    `opts` go to the backend's constructor.
     """
     kind = ALIASES.get(kind, kind)
     if kind not in KINDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of: {', '.join(KINDS)}")
+    if ctx is not None:
+        if ctx < 1:
+            raise ValueError(f"the context length must be a positive number of tokens, got {ctx}")
+        opts[CONTEXT_ARG[kind]] = ctx
     if kind == "openai":
         if not base_url:
             raise ValueError("the openai backend needs the base URL of an OpenAI-compatible server, "

@@ -4,6 +4,9 @@ Uses llama-cpp-python's chat completion with the GGUF's chat template (or `chat_
 Tool calls come back natively only with a function-calling `chat_format`
 (e.g. "chatml-function-calling"); with the GGUF's own template the model writes them as text
 and the agent parses them. LoopCoder (PLT) files are refused: only the local backend runs them.
+
+The context length is `n_ctx` (`--ctx`) when given, else the model's training context capped
+to fit memory (gguf_context.default_context).
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
-from loopcli.runtime.errors import ModelError
 from loopcli.runtime.gguf_format import PLT
-from loopcli.runtime.gguf_load import check_gguf
 
 from .base import BackendError, Event, Usage
+from .gguf_context import available_memory, default_context, read_metadata
 from .openai_compat import StreamAssembler
 
 
@@ -36,11 +38,14 @@ class _CountingLlama(Llama):
 class LlamaCppBackend:
     name = "llama.cpp"
 
-    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
+    def __init__(self, model_path: str | Path, n_ctx: int | None = None, n_threads: int | None = None,
                  chat_format: str | None = None, n_gpu_layers: int = 0, max_tokens: int | None = None,
                  temperature: float = 0.0, seed: int | None = None, **llama_kwargs):
         self.path = Path(model_path)
-        arch = _architecture(self.path)
+        meta = read_metadata(self.path)
+        arch = meta.arch
+        if n_ctx is None:
+            n_ctx = default_context(meta, self.path.stat().st_size, available_memory())
         if arch == PLT:
             raise BackendError(f"{self.path} is a LoopCoder (PLT) model, which llama.cpp cannot run; "
                                "use the local backend for it")
@@ -70,12 +75,3 @@ class LlamaCppBackend:
 
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
-
-
-def _architecture(path: Path) -> str | None:
-    """The GGUF's general.architecture; a missing or unreadable file is a BackendError."""
-    try:
-        field = check_gguf(path).get_field("general.architecture")  # llama.cpp never sees a corrupt file
-    except ModelError as exc:
-        raise BackendError(str(exc)) from None
-    return None if field is None else field.contents()

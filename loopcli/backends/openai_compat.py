@@ -3,11 +3,23 @@
 Replies are streamed; native tool calls arrive as per-index fragments (id and name once, the
 arguments JSON in pieces) and are assembled here into whole `ToolCall`s. A server that does not
 call tools natively streams the call as text, which the agent parses (loopcli.toolcalls).
+
+Server errors become BackendErrors carrying the server's own message: HTTP 4xx/5xx answers,
+error objects sent inside the stream (``{"error": ...}``, vLLM's ``{"object": "error", ...}``),
+and a context overflow, which is named as such. A stream that ends without any output or
+finish reason (llama-server reports errors on a stream in a form SSE clients skip) is asked
+again without streaming, once, to get the server's error.
+
+The context window is `context_window` when given (``--ctx``); otherwise the server's, read
+on first use from vLLM's ``/v1/models`` (``max_model_len``) or llama.cpp server's ``/props``
+(``default_generation_settings.n_ctx`` or ``n_ctx``), else DEFAULT_CONTEXT.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -103,20 +115,40 @@ def _api_url(base_url: str) -> str:
     return url + "/v1" if urlparse(url).path in ("", "/") else url
 
 
+DEFAULT_CONTEXT = 32768  # when the server does not say
+DISCOVERY_TIMEOUT = 10.0  # seconds for each context-window query
+MAX_CONTEXT = 1 << 24  # a larger number from a server is not believed
+_OVERFLOW = re.compile(r"context (length|size|window)|exceed_context|context_length_exceeded|"
+                       r"maximum context|too many tokens|prompt is too long", re.IGNORECASE)
+
+
 class OpenAIBackend:
     name = "openai"
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 600.0, max_retries: int = 2, context_window: int = 32768,
+                 timeout: float = 600.0, max_retries: int = 2, context_window: int | None = None,
                  max_tokens: int | None = None, temperature: float | None = None):
         self.base_url = _api_url(base_url)
         self.model = model
         self.timeout = timeout
-        self.context_window = context_window
+        self._context_window = context_window
+        self._models: list[dict] | None = None
         self.max_tokens, self.temperature = max_tokens, temperature
         # local servers ignore the key, but the client insists on one
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
+        self.api_key = api_key or "not-needed"
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=self.api_key,
                                     timeout=timeout, max_retries=max_retries)
+
+    @property
+    def context_window(self) -> int:
+        """The given window, else the server's (asked once), else DEFAULT_CONTEXT."""
+        if self._context_window is None:
+            self._context_window = self._server_context() or DEFAULT_CONTEXT
+        return self._context_window
+
+    @context_window.setter
+    def context_window(self, tokens: int) -> None:
+        self._context_window = tokens
 
     def stream(self, messages: list[dict], tools: list[dict]) -> Iterator[Event]:
         request = {"model": self._model_name(), "messages": messages, "stream": True,
@@ -131,13 +163,17 @@ class OpenAIBackend:
         try:
             with self.client.chat.completions.create(**request) as chunks:
                 for chunk in chunks:
-                    yield from assembler.feed(chunk.model_dump(exclude_none=True))
+                    data = chunk.model_dump(exclude_none=True)
+                    self._raise_error_chunk(data)
+                    yield from assembler.feed(data)
         except openai.OpenAIError as exc:
             raise self._error(exc) from None
         except MALFORMED_STREAM as exc:
             raise BackendError(f"the model server at {self.base_url} sent a malformed stream "
                                f"({type(exc).__name__}: {str(exc)[:200]}); check its log and "
                                "that it speaks the OpenAI chat API") from None
+        if not assembler.chunks and assembler.finish_reason is None:
+            self._raise_unexplained_end(request)
         yield from assembler.tool_calls()
         yield assembler.usage or self._estimated_usage(messages, tools, assembler.chunks)
         yield assembler.finish()
@@ -155,14 +191,79 @@ class OpenAIBackend:
         """The configured model, else the first one the server lists (they usually serve one)."""
         if self.model is None:
             try:
-                models = [m.id for m in self.client.models.list()]
+                models = [m.get("id") for m in self._listed_models()]
             except openai.OpenAIError as exc:
                 raise self._error(exc) from None
+            models = [m for m in models if isinstance(m, str) and m]
             if not models:
                 raise BackendError(f"the model server at {self.base_url} lists no models; "
                                    "pass the model name explicitly")
             self.model = models[0]
         return self.model
+
+    def _listed_models(self) -> list[dict]:
+        if self._models is None:
+            self._models = [m.model_dump() for m in self.client.models.list()]
+        return self._models
+
+    def _server_context(self) -> int | None:
+        """The context window the server reports: vLLM's max_model_len for the model in use,
+        else llama.cpp server's /props. None when it says nothing readable."""
+        try:
+            models = self._listed_models()
+        except openai.OpenAIError:
+            models = []
+        mine = [m for m in models if self.model is None or m.get("id") == self.model]
+        for entry in mine[:1]:
+            if _tokens(entry.get("max_model_len")):
+                return _tokens(entry.get("max_model_len"))
+        root = self.base_url.removesuffix("/v1")
+        request = urllib.request.Request(f"{root}/props",
+                                         headers={"Authorization": f"Bearer {self.api_key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=DISCOVERY_TIMEOUT) as reply:
+                props = json.loads(reply.read(1 << 20))
+        except (OSError, ValueError):  # unreachable, HTTP errors, not JSON
+            return None
+        if not isinstance(props, dict):
+            return None
+        settings = props.get("default_generation_settings")
+        from_settings = _tokens(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        return from_settings or _tokens(props.get("n_ctx"))
+
+    def _raise_error_chunk(self, data: dict) -> None:
+        """An error sent as a stream chunk ends the turn with the server's message."""
+        error = data.get("error") if "error" in data else (
+            data if data.get("object") == "error" else None)
+        if error is not None:
+            raise self._server_error(None, error)
+
+    def _raise_unexplained_end(self, request: dict) -> None:
+        """The stream ended with nothing: ask once without streaming to learn why."""
+        try:
+            once = {k: v for k, v in request.items() if k != "stream_options"}
+            self.client.chat.completions.create(**{**once, "stream": False, "max_tokens": 1})
+        except openai.OpenAIError as exc:
+            raise self._error(exc) from None
+        raise BackendError(f"the model server at {self.base_url} ended its reply without any "
+                           "output or finish reason; check its log")
+
+    def _server_error(self, status: int | None, body) -> BackendError:
+        """The server's own message, and what to do when it is a context overflow."""
+        where = f"the model server at {self.base_url}"
+        message = _message(body)
+        answered = f"{where} answered HTTP {status}" if status else f"{where} reported an error"
+        if _OVERFLOW.search(message):
+            inner = body.get("error", body) if isinstance(body, dict) else None
+            told = _tokens(inner.get("n_ctx")) if isinstance(inner, dict) else None
+            if told:
+                self._context_window = told
+            window = f"{told:,}" if told else "its"
+            return BackendError(
+                f"{answered}: the conversation does not fit {window} context window: {message}. "
+                "Start the server with a larger context (vLLM --max-model-len, llama-server -c), "
+                "or pass --ctx with the server's window so that loopcli compacts in time.")
+        return BackendError(f"{answered}: {message}")
 
     def _error(self, exc: openai.OpenAIError) -> BackendError:
         where = f"the model server at {self.base_url}"
@@ -179,5 +280,32 @@ class OpenAIBackend:
             return BackendError(f"{where} answered HTTP 404 ({exc.message}); check that the base URL "
                                 f"ends in /v1 and that it serves the model {self.model!r}.")
         if isinstance(exc, openai.APIStatusError):
-            return BackendError(f"{where} answered HTTP {exc.status_code}: {exc.message}")
+            return self._server_error(exc.status_code, exc.body if exc.body is not None
+                                      else exc.response.text)
+        if isinstance(exc, openai.APIError) and exc.body is not None:  # an error inside the stream
+            return self._server_error(None, exc.body)
         return BackendError(f"{where} failed: {exc}")
+
+
+def _tokens(value) -> int | None:
+    """A context size a server sent, if it is a plausible one."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
+        return None
+    return value
+
+
+def _message(body) -> str:
+    """The human part of an error body: OpenAI's error.message, vLLM's message, FastAPI's
+    detail, or the text itself (clipped: it is the server's, not ours)."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            for key in ("message", "detail", "msg"):
+                if isinstance(inner.get(key), str) and inner[key].strip():
+                    return inner[key].strip()[:1000]
+        elif isinstance(inner, str) and inner.strip():
+            return inner.strip()[:1000]
+        if isinstance(body.get("detail"), str):
+            return body["detail"][:1000]
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    return " ".join(text.split())[:1000] or "(no message)"

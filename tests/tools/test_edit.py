@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
+import string
 import textwrap
 
 import pytest
@@ -534,3 +536,34 @@ def test_insert_after_the_last_symbol_of_a_file_without_final_newline(ws):
     path = put(ws, "t.py", "def f():\n    return 1")
     edit.insert_after_symbol(ws, "t.py", "f", "def g():\n    return 2\n")
     assert path.read_text() == "def f():\n    return 1\n\n\ndef g():\n    return 2"
+
+
+# --- bounded work (issue 8, item 6) --------------------------------------------------------
+
+
+def test_ten_thousand_matches_are_replaced_in_one_pass(ws):
+    # each match used to rebuild the whole file (quadratic: ~10 s here); now one pass
+    text = "".join(f"total = old_name + {i}\r\n" for i in range(10_000))
+    path = put(ws, "big.txt", text)
+    result = edit.replace(ws, "big.txt", "old_name", "new_name", all=True)
+    assert "replaced 10000 occurrences at lines 1, 2, 3" in result and "and 9990 more" in result
+    assert path.read_bytes() == text.replace("old_name", "new_name").encode()
+
+
+def test_fuzzy_tier_gives_up_past_its_budget_and_writes_nothing(ws, monkeypatch):
+    monkeypatch.setattr(edit, "FUZZY_BUDGET", 200_000)  # characters compared
+    rng = random.Random(0)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=12)) for _ in range(6000)]
+    text = "".join(f"def {words[2 * i]}(event):\n    return {words[2 * i + 1]}(event, {i})\n\n"
+                   for i in range(3000))
+    path = put(ws, "h.py", text)
+    name, call = words[154], words[155]
+    old = f"def {name}(event):\n    return {call[:-1]}(event, 77)"  # a typo: no exact match
+    new = f"def {name}(event):\n    return None"
+    with pytest.raises(ToolError) as err:
+        edit.replace(ws, "h.py", old, new)
+    assert "would take too long" in str(err.value) and "copy them exactly" in str(err.value)
+    assert path.read_text() == text
+    monkeypatch.setattr(edit, "FUZZY_BUDGET", 50_000_000)  # with room, the same edit applies
+    assert "fuzzy match" in edit.replace(ws, "h.py", old, new)
+    assert path.read_text() == text.replace(f"return {call}(event, 77)", "return None")

@@ -195,3 +195,27 @@ def test_find_files_cap_and_nothing_found(tmp_path):
     assert find_files(ws, "*.rs") == "No files match '*.rs' (30 files in the project)."
     with pytest.raises(ToolError):
         find_files(ws, "")
+
+
+# --- bounded work (issue 8, item 6) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(a|aa)+$"])
+def test_a_pattern_that_backtracks_forever_is_stopped_with_a_clear_message(
+        tmp_path, monkeypatch, pattern):
+    # 2**5000 ways to split the a's before giving up on the final "b": no budget is enough
+    monkeypatch.setattr(search_module, "SEARCH_SECONDS", 0.5)
+    write(tmp_path, "a.txt", "x = 1\n" + "a" * 5000 + "b\n")
+    with pytest.raises(ToolError) as err:
+        search(Workspace(tmp_path), pattern)
+    message = str(err.value)
+    assert f"the regex {pattern!r} took more than 0.5 s of matching and was stopped" in message
+    assert "backtracks" in message and "literal=True" in message
+
+
+def test_the_time_budget_is_for_the_whole_search(tmp_path, monkeypatch):
+    monkeypatch.setattr(search_module, "SEARCH_SECONDS", 0.5)
+    for i in range(4):
+        write(tmp_path, f"a{i}.txt", "a" * 5000 + "b\n")
+    with pytest.raises(ToolError, match="stopped"):
+        search(Workspace(tmp_path), r"(a|aa)+$")
