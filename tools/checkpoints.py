@@ -151,7 +151,9 @@ class Checkpoints:
         self.store = Path(store_dir).resolve() if store_dir else default_store(self.root)
         self._store_rel = self._check_store_location()
         self._env = self._hermetic_env()
-        self._session = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{secrets.token_hex(3)}"
+        now = time.time_ns()  # nanoseconds in the name: sessions of one second still sort by age
+        self._session = (time.strftime("%Y%m%d-%H%M%S", time.localtime(now // 10**9))
+                         + f".{now % 10**9:09d}-{os.getpid()}-{secrets.token_hex(3)}")
         self._stack: list[Snapshot] = []
         self._trees: dict[str, str] = {}
         self._first: str | None = None
