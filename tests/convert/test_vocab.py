@@ -160,3 +160,23 @@ def test_perplexity_of_the_gguf_equals_the_source(tmp_path, monkeypatch, capsys)
     assert hf["n_tokens"] == gg["n_tokens"] > 100
     assert math.isclose(hf["ppl"], gg["ppl"], rel_tol=1e-5)
     assert max(abs(a - b) for a, b in zip(hf["nll"], gg["nll"])) < 1e-4
+
+
+def test_chat_template_file_wins_and_named_templates_are_kept(tmp_path):
+    src = write_synthetic(tmp_path / "hf", dtype="f32")
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]
+    (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    f = fields(convert(src, tmp_path / "a.gguf", "f32", show_progress=False))
+    assert f("tokenizer.chat_template") == (src / "chat_template.jinja").read_text()  # as transformers
+    (src / "chat_template.jinja").unlink()
+    f = fields(convert(src, tmp_path / "b.gguf", "f32", show_progress=False))
+    assert (f("tokenizer.chat_template"), f("tokenizer.chat_template.tool_use")) == ("D", "T")
+
+
+def test_synth_cli_writes_the_tokenizer_kind(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["loopcli", "synth", str(tmp_path / "m"), "--arch", "llama",
+                                      "--tokenizer", "starcoder"])
+    main()
+    f = fields(convert(tmp_path / "m", tmp_path / "m.gguf", "f32", show_progress=False))
+    assert f("tokenizer.ggml.pre") == "starcoder"

@@ -2,8 +2,11 @@
 transformers' slow-tokenizer machinery (what LoopCoder's custom class runs), byte-level ones
 against tokenizer.json; GGUF exports against both. Decoding gives the text back."""
 
+import json
+
 import pytest
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
 from tokenizers import Tokenizer as HFTokenizer
 from transformers import PreTrainedTokenizer
 
@@ -48,6 +51,51 @@ class SlowSentencePiece(PreTrainedTokenizer):
         return self.sp.id_to_piece(index)
 
 
+def sentencepiece_json(src):
+    """tokenizer.json of the SentencePiece kind, as transformers' LlamaConverter makes it from
+    tokenizer.model (legacy: dummy prefix in the normalizer, merges in piece-score order)."""
+    m = pb.ModelProto()
+    m.ParseFromString((src / "tokenizer.model").read_bytes())
+    vocab = {p.piece: i for i, p in enumerate(m.pieces)}
+    normal = [p.piece for p in m.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL]
+    merges = sorted(((a[:k], a[k:]) for a in normal for k in range(1, len(a)) if a[:k] in vocab and a[k:] in vocab),
+                    key=lambda ab: (vocab[ab[0] + ab[1]], vocab[ab[0]], vocab[ab[1]]))
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    added = [{"id": int(i), "content": t["content"], "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": t["special"]} for i, t in cfg["added_tokens_decoder"].items()]
+    return {"version": "1.0", "added_tokens": added,
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u2581"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]},
+            "pre_tokenizer": None,
+            "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True,
+                      "vocab": vocab, "merges": [list(ab) for ab in merges]},
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}}
+
+
+def make_source(kind, path, arch="loopcoder"):
+    """A synthetic checkpoint with tokenizer `kind`; "spm-json" ships only a SentencePiece-kind
+    tokenizer.json (made from the SentencePiece model, which is then removed)."""
+    src = write_synthetic(path, arch=arch, dtype="f32", tokenizer="spm" if kind == "spm-json" else kind)
+    if kind == "spm-json":
+        (src / "tokenizer.json").write_text(json.dumps(sentencepiece_json(src)))
+        (src / "tokenizer.model").unlink()
+        cfg = json.loads((src / "tokenizer_config.json").read_text())
+        cfg.pop("auto_map")
+        cfg["tokenizer_class"] = "LlamaTokenizerFast"
+        (src / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return src
+
+
+def source_ids(kind, src, text):
+    """The ids the checkpoint's own tokenizer gives, as transformers loads it."""
+    if kind.startswith("spm") and kind != "spm-json":
+        return SlowSentencePiece.from_pretrained(str(src)).encode(text, add_special_tokens=False)
+    return HFTokenizer.from_file(str(src / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+
 @pytest.fixture(scope="module", params=["spm", "spm-no-prefix"])
 def spm_pair(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
@@ -81,6 +129,17 @@ def test_byte_level_ids_equal_tokenizer_json(kind, tmp_path):
     gg = Tokenizer.load(convert(src, tmp_path / "m.gguf", "f32", show_progress=False))
     assert gg.encode(HARD, add_bos=False) == want
     assert gg.decode(want) == HARD == source.decode(want, skip_special_tokens=False)
+
+
+def test_sentencepiece_kind_tokenizer_json(tmp_path):
+    src = make_source("spm-json", tmp_path / "hf")
+    want = source_ids("spm-json", src, HARD)
+    out = convert(src, tmp_path / "m.gguf", "f32", show_progress=False)
+    gg = Tokenizer.load(out)
+    assert Tokenizer.load(src).encode(HARD, add_bos=False) == want
+    assert gg.encode(HARD, add_bos=False) == want and gg.decode(want) == HARD
+    slow_src = make_source("spm", tmp_path / "slow")
+    assert source_ids("spm", slow_src, HARD) == want  # same model, same ids as the slow tokenizer
 
 
 def test_unreadable_tokenizer_model_is_one_clear_error(tmp_path):
