@@ -14,7 +14,7 @@ import gguf
 from loopcli.runtime.errors import ModelError
 from loopcli.runtime.pretokenizers import identify
 from loopcli.runtime.tokenizer import (
-    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, _read_json, _token_text, chat_template_of,
+    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, chat_template_of, read_json, token_text,
     uses_sentencepiece,
 )
 
@@ -23,21 +23,25 @@ from .vocab_spm import pad, sentencepiece_vocab
 
 def add_vocab(writer: gguf.GGUFWriter, src: Path, vocab_size: int) -> None:
     """Write the vocabulary, special ids, stop ids and chat template of checkpoint `src`."""
-    cfg = _read_json(src / "tokenizer_config.json")
+    cfg = read_json(src / "tokenizer_config.json")
     if uses_sentencepiece(src):
         tokens, scores, types, space_prefix = sentencepiece_vocab(src / "tokenizer.model", cfg, vocab_size)
         _write_llama(writer, tokens, scores, types, space_prefix)
     elif (src / "tokenizer.json").is_file():
-        tok = _read_json(src / "tokenizer.json")
-        model = tok.get("model") or {}
-        if model.get("type") == "BPE" and model.get("byte_fallback"):
-            tokens, scores, types, space_prefix = _metaspace_vocab(src / "tokenizer.json", tok, vocab_size)
-            _write_llama(writer, tokens, scores, types, space_prefix)
-        elif model.get("type") == "BPE":
-            tokens, types = _byte_level_vocab(src / "tokenizer.json", tok, vocab_size, writer)
-        else:
-            raise ModelError(f"{src / 'tokenizer.json'}: tokenizer model {model.get('type')!r} is not supported "
+        path = src / "tokenizer.json"
+        tok = read_json(path)
+        model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
+        if model.get("type") != "BPE":
+            raise ModelError(f"{path}: tokenizer model {model.get('type')!r} is not supported "
                              "(byte-level BPE, SentencePiece BPE)")
+        try:
+            if model.get("byte_fallback"):
+                tokens, scores, types, space_prefix = _metaspace_vocab(path, tok, vocab_size)
+                _write_llama(writer, tokens, scores, types, space_prefix)
+            else:
+                tokens, types = _byte_level_vocab(path, tok, vocab_size, writer)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ModelError(f"{path} is malformed ({type(exc).__name__}: {exc}); re-download it") from None
     else:
         raise ModelError(f"{src} has neither tokenizer.json nor tokenizer.model; a GGUF needs the tokenizer "
                          "(copy it from the model's repository)")
@@ -56,8 +60,9 @@ def _write_llama(writer, tokens, scores, types, space_prefix: bool) -> None:
 def _byte_level_vocab(path: Path, tok: dict, vocab_size: int, writer) -> tuple[list[str], list[int]]:
     pre, closest = identify(tok.get("pre_tokenizer"))
     if pre is None:
-        raise ModelError(f"{path}: its pre-tokenizer splits text like none llama.cpp knows (closest: {closest}); "
-                         "llama.cpp would tokenize it differently, so it cannot be converted")
+        raise ModelError(f"{path}: its pre-tokenizer splits text like none llama.cpp knows (closest: {closest}), "
+                         "so llama.cpp would tokenize it differently; if llama.cpp has it, add its pre_tokenizer "
+                         "section to KNOWN in loopcli's runtime/pretokenizers.py")
     model = tok["model"]
     vocab = dict(model.get("vocab") or {})
     specials = {}
@@ -121,7 +126,7 @@ def _add_special(writer: gguf.GGUFWriter, src: Path, cfg: dict, tokens: list[str
             ids.setdefault(t, i)
 
     def token_id(key: str) -> int | None:
-        text = _token_text(cfg.get(key))
+        text = token_text(cfg.get(key))
         return ids.get(text) if text is not None else None
 
     bos, eos = token_id("bos_token"), token_id("eos_token")
@@ -148,7 +153,7 @@ def _add_stop_ids(writer, src: Path, eos: int | None, ids: dict[str, int], n: in
     """
     stop = []
     for name in ("generation_config.json", "config.json"):
-        v = _read_json(src / name).get("eos_token_id")
+        v = read_json(src / name).get("eos_token_id")
         stop = [v] if isinstance(v, int) else [i for i in v if isinstance(i, int)] if isinstance(v, list) else []
         if stop:
             break

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loopcli.runtime.errors import ModelError
-from loopcli.runtime.tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, _read_json
+from loopcli.runtime.tokenizer import CONTROL, NORMAL, UNUSED, USER_DEFINED, added_tokens, read_json
 
 
 def pad(vocab_size: int, n: int, path: Path) -> tuple[list[str], list[float], list[int]]:
@@ -43,11 +43,9 @@ def sentencepiece_vocab(path: Path, cfg: dict, vocab_size: int):
     for i, p in enumerate(proto.pieces):
         # SentencePiece's piece types have gguf's TokenType numbers (normal 1 ... byte 6)
         tokens[i], scores[i], types[i] = p.piece, p.score, int(p.type)
-    added = {text: (tid, False) for text, tid in _read_json(path.parent / "added_tokens.json").items()
-             if isinstance(tid, int)}
-    for tid, tok in (cfg.get("added_tokens_decoder") or {}).items():
-        if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(tid).isdigit():
-            added[tok["content"]] = (int(tid), bool(tok.get("special")))
+    added = {text: (tid, False) for text, tid in read_json(path.parent / "added_tokens.json").items()
+             if isinstance(tid, int) and tid >= 0}
+    added.update(added_tokens(cfg))
     if added:
         pad(vocab_size, max(tid for tid, _ in added.values()) + 1, path.parent / "tokenizer_config.json")
     for text, (tid, special) in added.items():

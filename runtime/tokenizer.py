@@ -40,7 +40,7 @@ def uses_sentencepiece(model_dir: Path) -> bool:
         return False
     if not (model_dir / "tokenizer.json").is_file():
         return True
-    cls = str(_read_json(model_dir / "tokenizer_config.json").get("tokenizer_class") or "")
+    cls = str(read_json(model_dir / "tokenizer_config.json").get("tokenizer_class") or "")
     return not cls.endswith("Fast")
 
 
@@ -63,21 +63,21 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> "Tokenizer":
         d = Path(model_dir)
-        cfg = _read_json(d / "tokenizer_config.json")
+        cfg = read_json(d / "tokenizer_config.json")
         if uses_sentencepiece(d):
-            backend = _SentencePiece.from_file(d / "tokenizer.model", _added_tokens(cfg))
+            backend = _SentencePiece.from_file(d / "tokenizer.model", {t: i for t, (i, _) in added_tokens(cfg).items()})
         elif (d / "tokenizer.json").is_file():
             backend = _HF(_hf_from_file(d / "tokenizer.json"))
         else:
             raise ModelError(f"{d} has neither tokenizer.json nor tokenizer.model; copy the tokenizer "
                              "files from the model's repository")
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):  # transformers splits these out too
-            backend.add(_token_text(cfg.get(key)))
+            backend.add(token_text(cfg.get(key)))
         eos = set()
         for name in ("config.json", "generation_config.json"):
-            ids = _read_json(d / name).get("eos_token_id")
+            ids = read_json(d / name).get("eos_token_id")
             eos |= set(ids if isinstance(ids, list) else [] if ids is None else [ids])
-        return cls(backend, _token_text(cfg.get("bos_token")), _token_text(cfg.get("eos_token")),
+        return cls(backend, token_text(cfg.get("bos_token")), token_text(cfg.get("eos_token")),
                    bool(cfg.get("add_bos_token", False)), chat_template_of(d, cfg),
                    {int(i) for i in eos if isinstance(i, int)})
 
@@ -294,11 +294,13 @@ def chat_template_of(d: Path, cfg: dict) -> str | None:
     return template if isinstance(template, str) and template else None
 
 
-def _added_tokens(cfg: dict) -> dict[str, int]:
+def added_tokens(cfg: dict) -> dict[str, tuple[int, bool]]:
+    """tokenizer_config.json's `added_tokens_decoder`: text -> (id, special)."""
     out = {}
-    for tid, tok in (cfg.get("added_tokens_decoder") or {}).items():
+    table = cfg.get("added_tokens_decoder")
+    for tid, tok in (table.items() if isinstance(table, dict) else ()):
         if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(tid).isdigit():
-            out[tok["content"]] = int(tid)
+            out[tok["content"]] = (int(tid), bool(tok.get("special")))
     return out
 
 
@@ -309,7 +311,7 @@ def _hf_from_file(path: Path) -> HFTokenizer:
         raise ModelError(f"{path} cannot be read ({exc}); re-download it") from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
@@ -321,6 +323,6 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _token_text(tok) -> str | None:
+def token_text(tok) -> str | None:
     # tokenizer_config stores tokens as strings or as {"content": ...} objects
     return tok.get("content") if isinstance(tok, dict) else tok

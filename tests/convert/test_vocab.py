@@ -180,3 +180,12 @@ def test_synth_cli_writes_the_tokenizer_kind(tmp_path, monkeypatch):
     main()
     f = fields(convert(tmp_path / "m", tmp_path / "m.gguf", "f32", show_progress=False))
     assert f("tokenizer.ggml.pre") == "starcoder"
+
+
+def test_malformed_tokenizer_json_is_one_clear_error(tmp_path):
+    src = write_synthetic(tmp_path / "hf", arch="llama", dtype="f32")
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["added_tokens"] = [{"content": "<x>"}]  # no id
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ModelError, match="tokenizer.json is malformed"):
+        convert(src, tmp_path / "o.gguf", "f32", show_progress=False)
