@@ -14,8 +14,8 @@ import gguf
 from loopcli.runtime.errors import ModelError
 from loopcli.runtime.pretokenizers import identify
 from loopcli.runtime.tokenizer import (
-    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, chat_template_of, read_json, token_text,
-    uses_sentencepiece,
+    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, chat_template_of, read_json, stop_ids,
+    token_text, uses_sentencepiece,
 )
 
 from .vocab_spm import pad, sentencepiece_vocab
@@ -151,13 +151,7 @@ def _add_stop_ids(writer, src: Path, eos: int | None, ids: dict[str, int], n: in
     llama.cpp stops on tokenizer.ggml.eos_token_id, eot_token_id and eom_token_id (and on a few
     token texts it knows, <|im_end|> among them); our runtime reads the full list from EOS_IDS_KEY.
     """
-    stop = []
-    for name in ("generation_config.json", "config.json"):
-        v = read_json(src / name).get("eos_token_id")
-        stop = [v] if isinstance(v, int) else [i for i in v if isinstance(i, int)] if isinstance(v, list) else []
-        if stop:
-            break
-    stop = [i for i in dict.fromkeys(stop) if 0 <= i < n]
+    stop = [i for i in stop_ids(src) if i < n]
     if eos is None and stop:
         eos = stop[0]
     if eos is None:

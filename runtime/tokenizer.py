@@ -73,13 +73,8 @@ class Tokenizer:
                              "files from the model's repository")
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):  # transformers splits these out too
             backend.add(token_text(cfg.get(key)))
-        eos = set()
-        for name in ("config.json", "generation_config.json"):
-            ids = read_json(d / name).get("eos_token_id")
-            eos |= set(ids if isinstance(ids, list) else [] if ids is None else [ids])
         return cls(backend, token_text(cfg.get("bos_token")), token_text(cfg.get("eos_token")),
-                   bool(cfg.get("add_bos_token", False)), chat_template_of(d, cfg),
-                   {int(i) for i in eos if isinstance(i, int)})
+                   bool(cfg.get("add_bos_token", False)), chat_template_of(d, cfg), set(stop_ids(d)))
 
     # ------------------------------------------------------------------ GGUF
 
@@ -279,6 +274,16 @@ def sentencepiece_proto(tokens: list[str], scores, types, add_space_prefix: bool
     if UNKNOWN not in types:
         raise ModelError("the SentencePiece vocabulary has no unknown token; re-convert the model")
     return m.SerializeToString()
+
+
+def stop_ids(d: Path) -> list[int]:
+    """The eos ids of generation_config.json (what generate() stops on), else of config.json."""
+    for name in ("generation_config.json", "config.json"):
+        v = read_json(d / name).get("eos_token_id")
+        ids = [v] if isinstance(v, int) else [i for i in v if isinstance(i, int)] if isinstance(v, list) else []
+        if ids:
+            return list(dict.fromkeys(i for i in ids if i >= 0))
+    return []
 
 
 def chat_template_of(d: Path, cfg: dict) -> str | None:
