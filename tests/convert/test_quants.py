@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import platform
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -380,9 +379,6 @@ def reference():
     spec = importlib.util.spec_from_file_location("quant_quality", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    # the module's log callback stays installed in llama.cpp: freeing it with the module would
-    # crash the next llama.cpp load in this process (any later test)
-    sys.modules[spec.name] = module
     return module
 
 
