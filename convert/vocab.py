@@ -1,92 +1,167 @@
-"""Tokenizer metadata as llama.cpp's converter writes it (`tokenizer.ggml.*`, chat template)."""
+"""Tokenizer metadata as llama.cpp's converter writes it (`tokenizer.ggml.*`, chat template).
+
+Three sources: a SentencePiece `tokenizer.model` (convert/vocab_spm.py), a byte-level BPE
+`tokenizer.json` (GGUF model "gpt2" with the pre-tokenizer identified by runtime/pretokenizers.py)
+and a SentencePiece-kind `tokenizer.json` (BPE with byte fallback over U+2581 words).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import gguf
 
 from loopcli.runtime.errors import ModelError
-from loopcli.runtime.gguf_format import PRE_TOKENIZERS
+from loopcli.runtime.pretokenizers import identify
+from loopcli.runtime.tokenizer import (
+    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, chat_template_of, read_json, stop_ids,
+    token_text, uses_sentencepiece,
+)
 
-KNOWN_PRE = {regex: name for name, regex in PRE_TOKENIZERS.items()}
-
-def _split_patterns(pre: dict | None) -> list[str]:
-    if not pre:
-        return []
-    if pre.get("type") == "Sequence":
-        return [p for sub in pre["pretokenizers"] for p in _split_patterns(sub)]
-    if pre.get("type") == "Split":
-        return [pre["pattern"].get("Regex") or pre["pattern"].get("String")]
-    return []
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} cannot be read ({exc}); re-download or re-create it") from None
+from .vocab_spm import pad, sentencepiece_vocab
 
 
 def add_vocab(writer: gguf.GGUFWriter, src: Path, vocab_size: int) -> None:
-    """Write the BPE vocabulary, merges, special ids and chat template of `src`."""
-    tok_path = src / "tokenizer.json"
-    if not tok_path.is_file():
-        raise ModelError(f"{src} has no tokenizer.json; a GGUF needs the tokenizer (copy it from the model)")
-    tok = _read_json(tok_path)
-    model = tok.get("model", {})
-    if model.get("type") != "BPE":
-        raise ModelError(f"{tok_path}: tokenizer model {model.get('type')!r} is not supported (only byte-level BPE)")
-    patterns = _split_patterns(tok.get("pre_tokenizer"))
-    pre = KNOWN_PRE.get(patterns[0]) if len(patterns) == 1 else None
+    """Write the vocabulary, special ids, stop ids and chat template of checkpoint `src`."""
+    cfg = read_json(src / "tokenizer_config.json")
+    if uses_sentencepiece(src):
+        tokens, scores, types, space_prefix = sentencepiece_vocab(src / "tokenizer.model", cfg, vocab_size)
+        _write_llama(writer, tokens, scores, types, space_prefix)
+    elif (src / "tokenizer.json").is_file():
+        path = src / "tokenizer.json"
+        tok = read_json(path)
+        model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
+        if model.get("type") != "BPE":
+            raise ModelError(f"{path}: tokenizer model {model.get('type')!r} is not supported "
+                             "(byte-level BPE, SentencePiece BPE)")
+        try:
+            if model.get("byte_fallback"):
+                tokens, scores, types, space_prefix = _metaspace_vocab(path, tok, vocab_size)
+                _write_llama(writer, tokens, scores, types, space_prefix)
+            else:
+                tokens, types = _byte_level_vocab(path, tok, vocab_size, writer)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ModelError(f"{path} is malformed ({type(exc).__name__}: {exc}); re-download it") from None
+    else:
+        raise ModelError(f"{src} has neither tokenizer.json nor tokenizer.model; a GGUF needs the tokenizer "
+                         "(copy it from the model's repository)")
+    _add_special(writer, src, cfg, tokens, types)
+
+
+def _write_llama(writer, tokens, scores, types, space_prefix: bool) -> None:
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(space_prefix)
+
+
+def _byte_level_vocab(path: Path, tok: dict, vocab_size: int, writer) -> tuple[list[str], list[int]]:
+    pre, closest = identify(tok.get("pre_tokenizer"))
     if pre is None:
-        raise ModelError(
-            f"{tok_path}: its pre-tokenizer split is not one llama.cpp knows (known: "
-            f"{', '.join(KNOWN_PRE.values())}); add its regex to convert/vocab.py KNOWN_PRE"
-        )
-    vocab = dict(model["vocab"])
+        raise ModelError(f"{path}: its pre-tokenizer splits text like none llama.cpp knows (closest: {closest}), "
+                         "so llama.cpp would tokenize it differently; if llama.cpp has it, add its pre_tokenizer "
+                         "section to KNOWN in loopcli's runtime/pretokenizers.py")
+    model = tok["model"]
+    vocab = dict(model.get("vocab") or {})
     specials = {}
     for added in tok.get("added_tokens", []):
         vocab[added["content"]] = added["id"]
         specials[added["id"]] = added.get("special", False)
-    n = max(vocab_size, max(vocab.values()) + 1)
-    if n > vocab_size:
-        raise ModelError(f"{tok_path} has token ids up to {n - 1} but the model's vocab_size is {vocab_size}")
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    types = [gguf.TokenType.UNUSED] * n
+    tokens, _, types = pad(vocab_size, max(vocab.values(), default=-1) + 1, path)
     for text, i in vocab.items():
         tokens[i] = text
-        if i in specials:
-            types[i] = gguf.TokenType.CONTROL if specials[i] else gguf.TokenType.USER_DEFINED
-        else:
-            types[i] = gguf.TokenType.NORMAL
+        types[i] = (CONTROL if specials[i] else USER_DEFINED) if i in specials else NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    _add_special(writer, src, vocab)
+    return tokens, types
 
 
-def _add_special(writer: gguf.GGUFWriter, src: Path, vocab: dict[str, int]) -> None:
-    cfg_path = src / "tokenizer_config.json"
-    cfg = _read_json(cfg_path) if cfg_path.is_file() else {}
+def _metaspace_vocab(path: Path, tok: dict, vocab_size: int):
+    """A SentencePiece-kind tokenizer.json: scores from the merge order, so that llama.cpp's
+    highest-score-first merging replays the merges in rank order."""
+    model = tok["model"]
+    vocab = dict(model.get("vocab") or {})
+    rank = {}
+    for r, m in enumerate(model.get("merges", [])):
+        rank.setdefault("".join(m.split(" ", 1) if isinstance(m, str) else m), r)
+    added = {a["id"]: a for a in tok.get("added_tokens", [])}
+    n = max([*vocab.values(), *added], default=-1) + 1
+    tokens, scores, types = pad(vocab_size, n, path)
+    for text, i in vocab.items():
+        tokens[i], scores[i] = text, -float(rank.get(text, 0))
+        types[i] = (UNKNOWN if text == model.get("unk_token") else
+                    BYTE if len(text) == 6 and text.startswith("<0x") and text.endswith(">") else NORMAL)
+    for i, a in added.items():
+        tokens[i], scores[i] = a["content"], -1000.0
+        if types[i] != UNKNOWN:
+            types[i] = CONTROL if a.get("special") else USER_DEFINED
+    return tokens, scores, types, _prepends_space(tok)
+
+
+def _prepends_space(tok: dict) -> bool:
+    """Whether this tokenizer.json adds the dummy-prefix U+2581 (normalizer or Metaspace)."""
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
+                return True
+            if node.get("type") == "Metaspace":
+                return node.get("prepend_scheme", "always" if node.get("add_prefix_space") else "never") != "never"
+            return any(walk(v) for v in node.values())
+        if isinstance(node, list):
+            return any(walk(v) for v in node)
+        return False
+    return walk(tok.get("normalizer")) or walk(tok.get("pre_tokenizer"))
+
+
+def _add_special(writer: gguf.GGUFWriter, src: Path, cfg: dict, tokens: list[str], types: list[int]) -> None:
+    ids = {}
+    for i, (t, ty) in enumerate(zip(tokens, types)):
+        if ty != UNUSED:
+            ids.setdefault(t, i)
 
     def token_id(key: str) -> int | None:
-        tok = cfg.get(key)
-        tok = tok.get("content") if isinstance(tok, dict) else tok
-        return vocab.get(tok) if tok is not None else None
+        text = token_text(cfg.get(key))
+        return ids.get(text) if text is not None else None
 
-    for key, add in (("bos_token", writer.add_bos_token_id), ("eos_token", writer.add_eos_token_id),
-                     ("pad_token", writer.add_pad_token_id), ("unk_token", writer.add_unk_token_id)):
-        tid = token_id(key)
+    bos, eos = token_id("bos_token"), token_id("eos_token")
+    for tid, add in ((bos, writer.add_bos_token_id), (token_id("pad_token"), writer.add_pad_token_id),
+                     (token_id("unk_token"), writer.add_unk_token_id)):
         if tid is not None:
             add(tid)
-    writer.add_add_bos_token(bool(cfg.get("add_bos_token", False)) and token_id("bos_token") is not None)
-    writer.add_add_eos_token(bool(cfg.get("add_eos_token", False)))
-    template_file = src / "chat_template.jinja"
-    template = template_file.read_text() if template_file.is_file() else cfg.get("chat_template")
-    if isinstance(template, str) and template:
+    writer.add_add_bos_token(bool(cfg.get("add_bos_token", False)) and bos is not None)
+    writer.add_add_eos_token(bool(cfg.get("add_eos_token", False)) and eos is not None)
+    _add_stop_ids(writer, src, eos, ids, len(tokens))
+    template = chat_template_of(src, cfg)
+    raw = cfg.get("chat_template")
+    if isinstance(raw, list) and not (src / "chat_template.jinja").is_file():
+        template = raw  # named templates: gguf writes tokenizer.chat_template.<name> keys
+    if template:
         writer.add_chat_template(template)
+
+
+def _add_stop_ids(writer, src: Path, eos: int | None, ids: dict[str, int], n: int) -> None:
+    """Every eos id of generation_config.json (else config.json) so that both runtimes stop on it.
+
+    llama.cpp stops on tokenizer.ggml.eos_token_id, eot_token_id and eom_token_id (and on a few
+    token texts it knows, <|im_end|> among them); our runtime reads the full list from EOS_IDS_KEY.
+    """
+    stop = [i for i in stop_ids(src) if i < n]
+    if eos is None and stop:
+        eos = stop[0]
+    if eos is None:
+        return
+    writer.add_eos_token_id(eos)
+    rest = [i for i in stop if i != eos]
+    im_end = ids.get("<|im_end|>")
+    rest.sort(key=lambda i: i != im_end)  # <|im_end|> is the end of a turn: eot
+    if rest:
+        writer.add_eot_token_id(rest[0])
+    if len(rest) > 1:
+        writer.add_eom_token_id(rest[1])
+    writer.add_array(EOS_IDS_KEY, [eos, *rest])

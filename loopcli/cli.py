@@ -40,7 +40,11 @@ def cli() -> None:
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
               help="Number of safetensors shards (with an index when > 1).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def synth(out, arch, preset, loops, window, seed, dtype, shards, force):
+@click.option("--tokenizer", type=click.Choice(["spm", "spm-no-prefix", "gpt-2", "starcoder", "llama-bpe", "qwen2",
+                                                "deepseek-coder"]),
+              help="Tokenizer kind: SentencePiece (LoopCoder's; default for loopcoder) or a byte-level "
+                   "BPE pre-tokenizer (default qwen2 for llama/qwen2).")
+def synth(out, arch, preset, loops, window, seed, dtype, shards, force, tokenizer):
     """Write a synthetic (random-weight) checkpoint in the real Hugging Face layout to OUT.
 
     The model is random: it runs the whole pipeline but produces no meaningful text.
@@ -55,7 +59,7 @@ def synth(out, arch, preset, loops, window, seed, dtype, shards, force):
     if window is not None:
         overrides["plt_window_size"] = [window, 0]
     path = write_synthetic(out, arch=arch, preset=preset, seed=seed, dtype=dtype,
-                           shards=shards, force=force, **overrides)
+                           shards=shards, force=force, tokenizer=tokenizer, **overrides)
     click.echo(f"wrote synthetic {arch} checkpoint ({preset}, random weights) to {path}", err=True)
 
 

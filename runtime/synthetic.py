@@ -1,15 +1,24 @@
 """Synthetic checkpoints in the real Hugging Face layouts, deterministic from a seed.
 
 `write_synthetic` makes a complete checkpoint directory: `config.json` with every field of
-the real LoopCoder-V2 config (plt-model.md §2.1) at any size, safetensors with exactly the
-real tensor names (optionally sharded with an index), a byte-level BPE `tokenizer.json`
-trained on the fly, `tokenizer_config.json`, `generation_config.json` and a ChatML chat
-template with tool calls. The R = 1 Llama and Qwen2 layouts come from the same function.
+the real LoopCoder-V2 config at any size, safetensors with exactly the real tensor names
+(optionally sharded with an index), the tokenizer, `tokenizer_config.json`,
+`generation_config.json` with the eos list and a ChatML chat template with tool calls. The R = 1
+Llama and Qwen2 layouts come from the same function.
+
+Tokenizers are trained on the fly from a built-in code corpus. LoopCoder gets what the real repo
+ships: a SentencePiece BPE `tokenizer.model` (byte fallback, <unk> <s> </s> = 0 1 2) read by a
+custom slow tokenizer class (`auto_map`), the ChatML/FIM tokens as added tokens right after the
+SentencePiece pieces, `[PAD]` rows up to the embedding size, three eos ids, and a Qwen3-Coder XML
+tool-call template. Llama and Qwen2 get a byte-level BPE `tokenizer.json` (any pre-tokenizer of
+`pretokenizers.KNOWN`) and a Hermes JSON tool-call template. Either kind fits either layout.
 Weights are random: these models run the real pipeline but say nothing meaningful.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import shutil
 import tempfile
@@ -19,12 +28,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, pre_tokenizers, trainers
 
 from .checkpoint import expected_tensors
 from .config import ModelConfig, config_from_dict
 from .errors import ModelError
-from .gguf_format import PRE_TOKENIZERS
+from .pretokenizers import KNOWN
 
 ARCHS = {
     "loopcoder": ("IQuestPLTCoderForCausalLM", "iquestpltcoder"),
@@ -40,11 +49,23 @@ PRESETS = {
     "bench": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
                   num_attention_heads=16, num_key_value_heads=4, vocab_size=32000),
 }
-# ids 0-2 as in LoopCoder-V2 (bos 1); its three eos ids map to </s>, <|im_end|>, <|endoftext|>
+# byte-level tokenizers: ids 0-2 as in LoopCoder-V2 (bos 1); eos </s>, <|im_end|>, <|endoftext|>
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
                   "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
                   "<think>", "</think>"]
 EOS_TOKENS = ["</s>", "<|im_end|>", "<|endoftext|>"]
+# SentencePiece: LoopCoder-V2's added tokens in id order after the model's pieces (75858 of them
+# in the real 76800-row vocabulary). The real file names 75858-75866; 75867-75869 are guesses:
+# eos id 75869 is taken to be <|endoftext|>. The tool-call tags are plain (non-special) added tokens.
+SPM_ADDED = [("<CLS>", True), ("<SEP>", True), ("<EOD>", True), ("<MASK>", True), ("<PAD>", True),
+             ("<|im_start|>", True), ("<|im_end|>", True), ("<|fim_prefix|>", True), ("<|fim_middle|>", True),
+             ("<|fim_suffix|>", True), ("<|fim_pad|>", True), ("<|endoftext|>", True),
+             ("<tool_call>", False), ("</tool_call>", False), ("<tool_response>", False),
+             ("</tool_response>", False), ("<think>", False), ("</think>", False)]
+SPM_EOS = ["</s>", "<|im_end|>", "<|endoftext|>"]
+SPM_MAX_PIECES = 448  # what the built-in corpus trains to, leaving >= 46 [PAD] rows in 512
+# tokenizer kinds: SentencePiece (with or without the dummy-prefix space) or a byte-level pre-tokenizer
+TOKENIZERS = ("spm", "spm-no-prefix", *KNOWN)
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 CORPUS = '''\
@@ -86,14 +107,24 @@ fn main() {
 
 The quick brown fox jumps over the lazy dog. Tests must pass before the fix is done.
 Fix the bug in the parser: it crashes when the input file is empty.
+# Проверка: функция возвращает сумму списка.
+# 注释：这个函数返回列表的总和。
 import os, sys, json
 for line in open("data.txt"):
     print(line.strip().split(","))
 '''
 
 
-def synthetic_config(arch: str = "loopcoder", preset: str = "tiny", **overrides) -> dict:
+def default_tokenizer(arch: str) -> str:
+    return "spm" if arch == "loopcoder" else "qwen2"
+
+
+def synthetic_config(arch: str = "loopcoder", preset: str = "tiny", tokenizer: str | None = None,
+                     **overrides) -> dict:
     """The `config.json` dict of a synthetic checkpoint."""
+    tokenizer = tokenizer or default_tokenizer(arch)
+    if tokenizer not in TOKENIZERS:
+        raise ModelError(f"unknown tokenizer kind {tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
     if arch not in ARCHS:
         raise ModelError(f"unknown synthetic architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if preset not in PRESETS:
@@ -115,7 +146,7 @@ def synthetic_config(arch: str = "loopcoder", preset: str = "tiny", **overrides)
         "attention_dropout": 0.0,
         "tie_word_embeddings": False,
         "bos_token_id": 1,
-        "eos_token_id": [2, 4, 5],
+        "eos_token_id": eos_ids(tokenizer, sizes["vocab_size"]),
         "torch_dtype": "bfloat16",
         "use_cache": True,
         "transformers_version": "4.57.1",
@@ -159,17 +190,50 @@ def random_tensors(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Iterat
         yield name, t
 
 
-def train_tokenizer(vocab_size: int) -> Tokenizer:
-    """A byte-level BPE with the special tokens first, trained on a built-in code corpus."""
+def spm_pieces(vocab_size: int) -> int:
+    """How many SentencePiece pieces a synthetic vocabulary of `vocab_size` rows has."""
+    if vocab_size < SPM_MAX_PIECES + 64:
+        raise ModelError(f"vocab_size {vocab_size} is too small for the SentencePiece layout (min {SPM_MAX_PIECES + 64})")
+    return SPM_MAX_PIECES
+
+
+def eos_ids(tokenizer: str, vocab_size: int) -> list[int]:
+    if tokenizer.startswith("spm"):
+        added = [t for t, _ in SPM_ADDED]
+        return [2] + [spm_pieces(vocab_size) + added.index(t) for t in SPM_EOS[1:]]
+    return [SPECIAL_TOKENS.index(t) for t in EOS_TOKENS]
+
+
+@functools.lru_cache(maxsize=4)
+def train_sentencepiece(pieces: int, dummy_prefix: bool = True) -> bytes:
+    """A serialized SentencePiece BPE model as Llama-family code models train them: no
+    normalization, whitespace kept, digits split, byte fallback. Cached: tests make many."""
+    import sentencepiece as spm
+
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS.split("\n\n") * 4), model_writer=out, vocab_size=pieces,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=dummy_prefix, split_digits=True,
+        allow_whitespace_only_pieces=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+    )
+    model = out.getvalue()
+    got = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+    if got != pieces:
+        raise ModelError(f"the built-in corpus trains only {got} SentencePiece pieces, not {pieces}")
+    return model
+
+
+def train_tokenizer(vocab_size: int, pre: str = "qwen2") -> Tokenizer:
+    """A byte-level BPE with the special tokens first and the pre-tokenizer `pre`, trained on a
+    built-in code corpus."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ModelError(f"vocab_size {vocab_size} is too small for a byte-level BPE (min {256 + len(SPECIAL_TOKENS)})")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        # Qwen2's split, known to llama.cpp as pre-tokenizer "qwen2"
-        pre_tokenizers.Split(Regex(PRE_TOKENIZERS["qwen2"]), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
+    tok = Tokenizer.from_str(json.dumps({
+        "version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}, "pre_tokenizer": KNOWN[pre],
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+    }))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
@@ -180,8 +244,10 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
     return tok
 
 
-def chat_template() -> str:
-    return resources.files(__package__).joinpath("templates/chatml_tools.jinja").read_text()
+def chat_template(arch: str = "llama") -> str:
+    """LoopCoder's ChatML with Qwen3-Coder XML tool calls; Hermes JSON ones for the R = 1 layouts."""
+    name = "chatml_qwen3_coder.jinja" if arch == "loopcoder" else "chatml_tools.jinja"
+    return resources.files(__package__).joinpath("templates", name).read_text()
 
 
 def write_synthetic(
@@ -193,15 +259,19 @@ def write_synthetic(
     shards: int = 1,
     force: bool = False,
     std: float = 0.02,
+    tokenizer: str | None = None,
     **overrides,
 ) -> Path:
-    """Write a synthetic checkpoint directory; atomic (built beside `out_dir`, then renamed)."""
+    """Write a synthetic checkpoint directory; atomic (built beside `out_dir`, then renamed).
+
+    `tokenizer`: one of TOKENIZERS; by default SentencePiece for loopcoder, qwen2 byte-level else."""
     out = Path(out_dir)
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if out.exists() and not force:
         raise ModelError(f"{out} already exists; pass --force to replace it")
-    raw = synthetic_config(arch, preset, **overrides)
+    tokenizer = tokenizer or default_tokenizer(arch)
+    raw = synthetic_config(arch, preset, tokenizer, **overrides)
     raw["torch_dtype"] = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype]
     cfg = config_from_dict(raw, "synthetic config")
     try:
@@ -212,7 +282,14 @@ def write_synthetic(
     try:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         _write_weights(tmp, cfg, seed, DTYPES[dtype], shards, std)
-        _write_tokenizer(tmp, cfg, raw)
+        if tokenizer.startswith("spm"):
+            _write_sentencepiece(tmp, cfg, raw, dummy_prefix=tokenizer == "spm")
+        else:
+            _write_byte_level(tmp, cfg, raw, tokenizer)
+        (tmp / "chat_template.jinja").write_text(chat_template(arch))
+        gen = {"bos_token_id": raw.get("bos_token_id"), "eos_token_id": raw["eos_token_id"],
+               "transformers_version": raw["transformers_version"]}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -243,8 +320,40 @@ def _write_weights(d: Path, cfg: ModelConfig, seed: int, dtype: torch.dtype, sha
     (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _write_tokenizer(d: Path, cfg: ModelConfig, raw: dict) -> None:
-    tok = train_tokenizer(min(cfg.vocab_size, 4096))
+def _added(content: str, special: bool) -> dict:
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
+            "single_word": False, "special": special}
+
+
+def _write_sentencepiece(d: Path, cfg: ModelConfig, raw: dict, dummy_prefix: bool) -> None:
+    """tokenizer.model and tokenizer_config.json as LoopCoder-V2's repo has them."""
+    n = spm_pieces(cfg.vocab_size)
+    (d / "tokenizer.model").write_bytes(train_sentencepiece(n, dummy_prefix))
+    added = {str(i): _added(t, True) for i, t in enumerate(["<unk>", "<s>", "</s>"])}
+    added.update({str(n + k): _added(t, special) for k, (t, special) in enumerate(SPM_ADDED)})
+    tok_cfg = {
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "auto_map": {"AutoTokenizer": ["tokenization_iquestcoder.IQuestCoderTokenizer", None]},
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "extra_special_tokens": {},
+        "legacy": True,
+        "model_max_length": cfg.max_position_embeddings,
+        "pad_token": "<PAD>",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "IQuestCoderTokenizer",
+        "unk_token": "<unk>",
+        "use_default_system_prompt": False,
+    }
+    (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
+
+
+def _write_byte_level(d: Path, cfg: ModelConfig, raw: dict, pre: str) -> None:
+    tok = train_tokenizer(min(cfg.vocab_size, 4096), pre)
     tok.save(str(d / "tokenizer.json"))
     added = {
         str(tok.token_to_id(t)): {"content": t, "special": True, "lstrip": False, "rstrip": False,
@@ -264,7 +373,3 @@ def _write_tokenizer(d: Path, cfg: ModelConfig, raw: dict) -> None:
         "added_tokens_decoder": added,
     }
     (d / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-    (d / "chat_template.jinja").write_text(chat_template())
-    gen = {"bos_token_id": raw.get("bos_token_id"), "eos_token_id": raw["eos_token_id"],
-           "transformers_version": raw["transformers_version"]}
-    (d / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

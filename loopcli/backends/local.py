@@ -35,10 +35,7 @@ class LocalBackend:
                                "to build prompts (re-convert from a checkpoint that has it)")
         cfg = self.model.cfg
         self.context_window = min(cfg.max_position_embeddings, max_context)
-        self.eos_ids = set(cfg.eos_token_ids)
-        if self.tokenizer.eos_token is not None:
-            self.eos_ids.add(self.tokenizer.hf.token_to_id(self.tokenizer.eos_token))
-        self.eos_ids.discard(None)  # an eos_token the vocabulary lacks
+        self.eos_ids = set(cfg.eos_token_ids) | self.tokenizer.eos_ids
         self.max_tokens, self.stop = max_tokens, tuple(stop)
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         Sampler(**self.sampling)  # reject bad sampling options now, not on the first turn

@@ -85,15 +85,14 @@ def test_plt_keys_and_tokenizer_metadata(plt_ckpt, tmp_path):
     assert f("loopcoder.loop_embedding_scale") == pytest.approx(cfg["plt_emb_scale"])
     assert f("loopcoder.loop_hidden_scale") == pytest.approx(cfg["plt_hidden_scale"])
     assert f("loopcoder.gate_uses_hidden_states") is True
-    tok = json.loads((plt_ckpt / "tokenizer.json").read_text())
-    tokens = f("tokenizer.ggml.tokens")
-    assert len(tokens) == cfg["vocab_size"]
-    assert all(tokens[i] == t for t, i in tok["model"]["vocab"].items())
-    assert f("tokenizer.ggml.merges")[:3] == [" ".join(m) if isinstance(m, list) else m for m in tok["model"]["merges"][:3]]
-    assert f("tokenizer.ggml.pre") == "qwen2" and f("tokenizer.ggml.model") == "gpt2"
-    assert (f("tokenizer.ggml.bos_token_id"), f("tokenizer.ggml.eos_token_id")) == (1, 4)
-    assert f("tokenizer.ggml.add_bos_token") is True
-    assert f("tokenizer.ggml.token_type")[3] == gguf.TokenType.CONTROL
+    # SentencePiece vocabulary laid out as llama.cpp lays it out (tests/convert/test_vocab.py has more)
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(plt_ckpt / "tokenizer.model"))
+    tokens, types = f("tokenizer.ggml.tokens"), f("tokenizer.ggml.token_type")
+    assert len(tokens) == cfg["vocab_size"] and f("tokenizer.ggml.model") == "llama"
+    assert tokens[:sp.get_piece_size()] == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert f("tokenizer.ggml.bos_token_id") == 1 and f("tokenizer.ggml.add_bos_token") is False
+    assert tokens[454] == "<|im_end|>" and types[454] == gguf.TokenType.CONTROL
     assert "<tool_call>" in f("tokenizer.chat_template")
 
 
@@ -185,7 +184,7 @@ def test_truncated_weights(monkeypatch, capsys, tiny, tmp_path):
 
 
 def test_missing_tokenizer(monkeypatch, capsys, tiny, tmp_path):
-    (tiny / "tokenizer.json").unlink()
+    (tiny / "tokenizer.model").unlink()
     left = assert_clean_failure(monkeypatch, capsys, ["convert", str(tiny), str(tmp_path / "o.gguf")],
                                 tmp_path, "tokenizer.json")
     assert left == []

@@ -15,7 +15,7 @@ def test_every_plt_key_is_read():
         plt_emb_scale=0.5, plt_hidden_scale=0.25, plt_gate_use_hidden_states=False))
     assert (cfg.num_loops, cfg.window, cfg.normalize_per_loop) == (3, 7, False)
     assert (cfg.emb_scale, cfg.hidden_scale, cfg.gate_use_hidden_states) == (0.5, 0.25, False)
-    assert cfg.eos_token_ids == (2, 4, 5) and cfg.bos_token_id == 1
+    assert cfg.eos_token_ids == (2, 454, 459) and cfg.bos_token_id == 1  # </s>, <|im_end|>, <|endoftext|>
 
 
 def test_vendor_defaults_when_plt_keys_are_absent():

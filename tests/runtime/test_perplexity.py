@@ -18,8 +18,16 @@ def ckpt(tmp_path_factory):
     return write_synthetic(tmp_path_factory.mktemp("ppl") / "m", dtype="f32")
 
 
-def test_llama_perplexity_method(ckpt):
-    model, tok = load_model(ckpt), Tokenizer.load(ckpt)
+@pytest.fixture(scope="module")
+def bos_ckpt(tmp_path_factory):
+    """A tokenizer that adds BOS (LoopCoder's does not)."""
+    return write_synthetic(tmp_path_factory.mktemp("ppl") / "llama", arch="llama", dtype="f32")
+
+
+@pytest.mark.parametrize("which", ["ckpt", "bos_ckpt"])
+def test_llama_perplexity_method(which, request):
+    model, tok = load_model(request.getfixturevalue(which)), Tokenizer.load(request.getfixturevalue(which))
+    assert tok.add_bos == (which == "bos_ckpt")
     ctx = 16
     res = perplexity(model, tok, CORPUS, ctx)
     tokens = tok.encode(CORPUS, add_bos=False)
@@ -27,8 +35,8 @@ def test_llama_perplexity_method(ckpt):
     assert n_chunks >= 3
     assert res.n_tokens == len(res.nll) == n_chunks * (ctx // 2 - 1)
     assert math.isclose(res.ppl, math.exp(sum(res.nll) / len(res.nll)))
-    # chunk 1 scored from scratch, BOS in its first slot, second half only
-    chunk = torch.tensor([tok.bos_id, *tokens[ctx + 1:2 * ctx]])
+    # chunk 1 scored from scratch, BOS (if the tokenizer adds one) in its first slot, second half only
+    chunk = torch.tensor([tok.bos_id if tok.add_bos else tokens[ctx], *tokens[ctx + 1:2 * ctx]])
     logp = F.log_softmax(model(chunk[None])[0], -1)
     want = [-logp[j, chunk[j + 1]].item() for j in range(ctx // 2, ctx - 1)]
     got = res.nll[ctx // 2 - 1: 2 * (ctx // 2 - 1)]
