@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loopcli.runtime.errors import ModelError
-from loopcli.runtime.gguf_load import check_gguf
+from loopcli.runtime.gguf_load import open_gguf
 
 from .base import BackendError
 
@@ -43,7 +43,7 @@ class Metadata:
 def read_metadata(path: Path) -> Metadata:
     """The GGUF's architecture and sizes; a missing or unreadable file is a BackendError."""
     try:
-        reader = check_gguf(path)  # llama.cpp never sees a file we refuse
+        reader = open_gguf(path)
     except ModelError as exc:
         raise BackendError(str(exc)) from None
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from llama_cpp import Llama
 
+from loopcli.runtime.errors import ModelError
 from loopcli.runtime.gguf_format import PLT
+from loopcli.runtime.gguf_load import check_gguf
 
 from .base import BackendError, Event, Usage
 from .gguf_context import available_memory, default_context, read_metadata
@@ -42,6 +44,10 @@ class LlamaCppBackend:
                  chat_format: str | None = None, n_gpu_layers: int = 0, max_tokens: int | None = None,
                  temperature: float = 0.0, seed: int | None = None, **llama_kwargs):
         self.path = Path(model_path)
+        try:
+            check_gguf(self.path)  # llama.cpp never sees a file we refuse
+        except ModelError as exc:
+            raise BackendError(str(exc)) from None
         meta = read_metadata(self.path)
         arch = meta.arch
         if n_ctx is None:
