@@ -1,0 +1,104 @@
+"""The engine against the reference: block decoding, quantized matmul, logits of whole models."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from loopcli.convert.export import convert
+from loopcli.convert.quants import quantize
+from loopcli.runtime import blocks, qmatmul
+from loopcli.runtime.engine import load
+from loopcli.runtime.model import load_model
+from loopcli.runtime.synthetic import write_synthetic
+
+BLOCK_TYPES = [blocks.Q4_0, blocks.Q4_1, blocks.Q5_0, blocks.Q5_1, blocks.Q8_0, blocks.Q4_K, blocks.Q5_K,
+               blocks.Q6_K]
+ALL_TYPES = [blocks.F32, blocks.F16, blocks.BF16, *BLOCK_TYPES]
+
+
+def raw_blocks(x: np.ndarray, t: int) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(quantize(x, t)).view(np.uint8).reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: blocks.NAMES[t])
+def test_blocks_decode_like_gguf_py(t):
+    x = np.random.default_rng(t).standard_normal((6, 512)).astype(np.float32)
+    b = quantize(x, t)
+    ref = gguf.quants.dequantize(b, t).reshape(6, 512)
+    ours = blocks.dequantize(t, raw_blocks(x, t), 512).numpy()
+    assert np.array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: blocks.NAMES[t])
+@pytest.mark.parametrize("rows", [40, 64])
+def test_quantized_matmul_equals_dequantize_then_matmul(t, rows):
+    x = (0.05 * np.random.default_rng(rows).standard_normal((rows, 256))).astype(np.float32)
+    raw = raw_blocks(x, t)
+    w = blocks.dequantize(t, raw, 256)
+    a = torch.randn(3, 256, generator=torch.Generator().manual_seed(0))
+    ref = a @ w.T
+    exact = qmatmul.linear(a, qmatmul.pack(t, raw, 256, packed=False))
+    assert (exact - ref).abs().max() <= 1e-5 * ref.abs().max()
+    fast = qmatmul.linear(a, qmatmul.pack(t, raw, 256))
+    assert fast.shape == ref.shape
+    # the packed int4 path rounds activations and group scales to bf16 (2^-9 relative)
+    assert (fast - ref).abs().max() <= 1e-2 * ref.abs().max()
+
+
+MODELS = [("loopcoder", 2), ("loopcoder", 3), ("loopcoder", 1), ("llama", 1), ("qwen2", 1)]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    out = {}
+    for arch, loops in MODELS:
+        kw = dict(plt_num_loops=loops, plt_window_size=[3, 0]) if arch == "loopcoder" else {}
+        d = write_synthetic(root / f"{arch}{loops}", arch=arch, dtype="f32", **kw)
+        out[arch, loops] = (d, convert(d, root / f"{arch}{loops}-f32.gguf", "f32", show_progress=False))
+    return out
+
+
+def prompt(vocab, n=40, seed=1):
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch, loops", MODELS)
+def test_f32_logits_equal_the_reference_forward(checkpoints, arch, loops):
+    ckpt, f32_gguf = checkpoints[arch, loops]
+    ref = load_model(ckpt)
+    ids = prompt(ref.cfg.vocab_size)
+    full = ref(ids[None])[0]
+    for source in (ckpt, f32_gguf):
+        eng = load(source, kv_dtype=torch.float32)
+        assert (eng.logits(ids.tolist()) - full).abs().max() <= 1e-4
+        # prefill then fused decode, token by token
+        eng.reset()
+        steps = [eng.prefill(ids[:9].tolist())] + [eng.step(int(t)) for t in ids[9:-1]]
+        assert (torch.stack(steps) - full[8:-1]).abs().max() <= 1e-4
+
+
+def confident_checkpoint(root, loops, scale=8.0):
+    """A random model whose head reads a fixed permutation of the input embedding: its
+    predictions are confident, as a trained model's are."""
+    d = write_synthetic(root, arch="loopcoder", dtype="f32", plt_num_loops=loops, plt_window_size=[3, 0])
+    t = load_file(d / "model.safetensors")
+    E = t["model.embed_tokens.weight"]
+    perm = torch.randperm(E.shape[0], generator=torch.Generator().manual_seed(3))
+    t["lm_head.weight"] = scale * E[perm] / E[perm].norm(dim=-1, keepdim=True)
+    save_file(t, d / "model.safetensors", metadata={"format": "pt"})
+    return d
+
+
+@pytest.mark.parametrize("loops", [1, 2, 3])
+def test_q8_0_top1_agrees_with_the_reference(tmp_path, loops):
+    d = confident_checkpoint(tmp_path / "m", loops)
+    ref = load_model(d)
+    ids = prompt(ref.cfg.vocab_size, n=200)
+    full = ref(ids[None])[0]
+    assert full.softmax(-1).max(-1).values.median() > 0.5  # confident indeed
+    eng = load(convert(d, tmp_path / "q8.gguf", "q8_0", show_progress=False))
+    same = (eng.logits(ids.tolist()).argmax(-1) == full.argmax(-1)).float().mean()
+    assert same >= 0.99
