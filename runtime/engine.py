@@ -192,6 +192,7 @@ class State:
     carries: torch.Tensor  # [R-1, H]
     tokens: list[int] = field(default_factory=list)
     snapshots: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    last_logits: torch.Tensor | None = None  # of the last position, when known
 
     @property
     def length(self) -> int:
@@ -297,7 +298,9 @@ class Engine:
             else:
                 rk, rv, c = st.snapshots[keep]
                 st.ring_k.copy_(rk), st.ring_v.copy_(rv), st.carries.copy_(c)
-        del st.tokens[keep:]
+        if keep < st.length:
+            del st.tokens[keep:]
+            st.last_logits = None
         return keep
 
     # ------------------------------------------------------------------ forward pieces
@@ -441,6 +444,10 @@ class Engine:
             if a != b:
                 break
             common += 1
+        st = self.state
+        if not all_logits and common == len(ids) == st.length and st.last_logits is not None:
+            self.last_reused = common  # the very same tokens: nothing to compute
+            return st.last_logits
         start = self._rewind(0 if all_logits else min(common, len(ids) - 1))
         self.last_reused = start
         outs = []
@@ -457,12 +464,15 @@ class Engine:
             self._snapshot(force=pos == len(ids))
             if on_progress:
                 on_progress(pos, len(ids))
-        return torch.cat(outs) if all_logits else self.head(h_hat[-1])
+        st.last_logits = outs[-1][-1] if all_logits else self.head(h_hat[-1])
+        return torch.cat(outs) if all_logits else st.last_logits
 
     @torch.inference_mode()
     def step(self, token: int) -> torch.Tensor:
         """Feed one token (fused decode); logits of the next [V]."""
-        return self.head(self._fused_step(int(token)))
+        logits = self.head(self._fused_step(int(token)))
+        self.state.last_logits = logits
+        return logits
 
     @torch.inference_mode()
     def logits(self, ids: Sequence[int]) -> torch.Tensor:

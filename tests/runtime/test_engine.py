@@ -102,3 +102,85 @@ def test_q8_0_top1_agrees_with_the_reference(tmp_path, loops):
     eng = load(convert(d, tmp_path / "q8.gguf", "q8_0", show_progress=False))
     same = (eng.logits(ids.tolist()).argmax(-1) == full.argmax(-1)).float().mean()
     assert same >= 0.99
+
+
+# ------------------------------------------------------------------ chunks, streaming, prefix reuse
+
+import threading  # noqa: E402
+
+import loopcli.runtime.engine as engine_mod  # noqa: E402
+from loopcli.runtime.engine import Cancelled, ContextLimitError  # noqa: E402
+from loopcli.runtime.generate import Sampler  # noqa: E402
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(engine_mod, "PREFILL_CHUNK", 8)
+    monkeypatch.setattr(engine_mod, "SNAPSHOT", 4)
+
+
+@pytest.mark.parametrize("arch, loops", [("loopcoder", 2), ("loopcoder", 3), ("llama", 1)])
+def test_chunked_prefill_equals_one_chunk(checkpoints, monkeypatch, arch, loops):
+    eng = load(checkpoints[arch, loops][1], kv_dtype=torch.float32)
+    ids = prompt(eng.cfg.vocab_size).tolist()
+    whole = eng.logits(ids)
+    for chunk in (1, 3, 8):
+        monkeypatch.setattr(engine_mod, "PREFILL_CHUNK", chunk)
+        assert (eng.logits(ids) - whole).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch, loops", [("loopcoder", 2), ("loopcoder", 3), ("qwen2", 1)])
+@pytest.mark.parametrize("common", [2, 5, 13, 26])  # window W = 3: inside it, and beyond it
+def test_prefix_reuse_gives_a_cold_runs_logits(checkpoints, small_chunks, arch, loops, common):
+    eng = load(checkpoints[arch, loops][1])  # f16 KV cache, the default
+    first = prompt(eng.cfg.vocab_size, n=30, seed=1).tolist()
+    second = first[:common] + prompt(eng.cfg.vocab_size, n=12, seed=2).tolist()
+    cold = eng.logits(second)[-1]
+    eng.reset()
+    list(eng.generate(first, Sampler(), 5))  # state: the first prompt and 4 fed-back tokens
+    warm = eng.prefill(second)
+    assert 0 <= eng.last_reused <= common
+    # R = 1 resumes anywhere; PLT at the last prefill chunk end (every 8 here) or snapshot
+    assert eng.last_reused == common if loops == 1 else eng.last_reused > common - 8
+    assert (warm - cold).abs().max() <= 1e-5
+    # the same prompt again computes nothing
+    again = eng.prefill(second)
+    assert eng.last_reused == len(second) and (again - cold).abs().max() <= 1e-5
+
+
+def test_streamed_greedy_tokens_follow_the_cold_logits(checkpoints):
+    eng = load(checkpoints["loopcoder", 2][1])
+    ids = prompt(eng.cfg.vocab_size, n=12).tolist()
+    stream = eng.generate(ids, Sampler(), 10)
+    first = next(stream)  # a token comes out before the rest are computed
+    assert eng.state.length == len(ids)
+    out = [first, *stream]
+    cold = eng.logits(ids + out[:-1])
+    assert out == cold[len(ids) - 1:].argmax(-1).tolist()
+
+
+def test_context_limit_is_a_clear_error(checkpoints):
+    eng = load(checkpoints["loopcoder", 2][1], max_context=16)
+    with pytest.raises(ContextLimitError, match="context limit of 16|context limit is 16"):
+        eng.prefill(list(range(20)))
+    out = list(eng.generate(list(range(10)), Sampler(), 50))
+    assert len(out) == 6  # generation stops at the limit instead of failing
+
+
+def test_cancel_stops_and_leaves_a_usable_state(checkpoints, small_chunks):
+    eng = load(checkpoints["loopcoder", 2][1])
+    ids = prompt(eng.cfg.vocab_size, n=30).tolist()
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done >= 16:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        eng.prefill(ids, cancel=cancel, on_progress=progress)
+    assert eng.state.length == 16 and seen == [8, 16]
+    cold = load(checkpoints["loopcoder", 2][1]).logits(ids)[-1]
+    assert (eng.prefill(ids) - cold).abs().max() <= 1e-5
+    assert eng.last_reused == 16
