@@ -32,6 +32,7 @@ from .errors import ModelError
 PREFILL_CHUNK = 256  # prompt tokens per pass: bounds the attention and MLP workspace
 SNAPSHOT = 64  # PLT state is snapshotted at multiples of this position
 MAX_SNAPSHOTS = 64
+ATTN_SCORES = 1 << 24  # attention scores computed at once (64 MB in f32)
 
 
 class ContextLimitError(ModelError):
@@ -43,8 +44,22 @@ class Cancelled(Exception):
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax attention, GQA by head grouping. q [..., nh, T, hd], k/v [..., nkv, S, hd]."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    """Softmax attention, GQA by head grouping: q [..., nh, T, hd], k/v [..., nkv, S, hd], mask
+    [T, S] (True = visible) or None. Query rows go in pieces whose scores fit ATTN_SCORES
+    values, so the workspace stays bounded whatever the context. (Plain matmuls: torch's CPU
+    SDPA was several times slower at decode shapes here.)"""
+    *lead, nh, T, hd = q.shape
+    S = k.shape[-2]
+    rows = max(1, ATTN_SCORES // (nh * S))
+    if T > rows:
+        return torch.cat([attend(q[..., a:a + rows, :], k, v, None if mask is None else mask[a:a + rows])
+                          for a in range(0, T, rows)], dim=-2)
+    nkv = k.shape[-3]
+    g = nh // nkv
+    scores = (q.reshape(*lead, nkv, g * T, hd) @ k.transpose(-1, -2)) * hd ** -0.5
+    if mask is not None:
+        scores.view(*lead, nkv, g, T, S).masked_fill_(~mask, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v).view(*lead, nh, T, hd)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -424,13 +439,26 @@ class Engine:
         return qmatmul.linear(h_hat, self.lm_head).float()
 
     # ------------------------------------------------------------------ public API
-    @torch.inference_mode()
     def prefill(self, ids: Sequence[int], cancel: threading.Event | None = None,
                 all_logits: bool = False, on_progress=None) -> torch.Tensor:
         """Bring the state to `ids`, reusing the longest common prefix of the kept state.
 
-        Returns the logits of the last position [V], or of every recomputed one [n, V].
+        Returns the logits of the last position [V], or with `all_logits` of every position of
+        a cold run [T, V]. `on_progress(done, total)` is called after each chunk.
         """
+        steps = self.prefill_steps(ids, cancel, all_logits)
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as end:
+                return end.value
+            if on_progress:
+                on_progress(done, total)
+
+    @torch.inference_mode()
+    def prefill_steps(self, ids: Sequence[int], cancel: threading.Event | None = None,
+                      all_logits: bool = False):
+        """`prefill` as a generator: yields (tokens done, total) per chunk, returns the logits."""
         ids = list(ids)
         if not ids:
             raise ModelError("the prompt is empty; give at least one token")
@@ -438,13 +466,15 @@ class Engine:
             raise ContextLimitError(
                 f"the prompt has {len(ids)} tokens but the context limit is {self.max_context}; "
                 "shorten the prompt or raise the limit (--ctx)")
-        old = self.state.tokens
+        bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+        if bad:
+            raise ModelError(f"token id {bad[0]} is outside the vocabulary (0..{self.cfg.vocab_size - 1})")
+        st = self.state
         common = 0
-        for a, b in zip(old, ids):
+        for a, b in zip(st.tokens, ids):
             if a != b:
                 break
             common += 1
-        st = self.state
         if not all_logits and common == len(ids) == st.length and st.last_logits is not None:
             self.last_reused = common  # the very same tokens: nothing to compute
             return st.last_logits
@@ -462,8 +492,7 @@ class Engine:
                 outs.append(self.head(h_hat))
             pos = end
             self._snapshot(force=pos == len(ids))
-            if on_progress:
-                on_progress(pos, len(ids))
+            yield pos, len(ids)
         st.last_logits = outs[-1][-1] if all_logits else self.head(h_hat[-1])
         return torch.cat(outs) if all_logits else st.last_logits
 
@@ -480,25 +509,40 @@ class Engine:
         self.reset()
         return self.prefill(ids, all_logits=True)
 
-    def generate(self, prompt_ids: Sequence[int], sampler, max_new: int,
-                 cancel: threading.Event | None = None) -> Iterator[int]:
-        """Yield up to `max_new` sampled tokens, each as soon as it is sampled."""
+    def events(self, prompt_ids: Sequence[int], sampler, max_new: int,
+               cancel: threading.Event | None = None) -> Iterator[tuple]:
+        """("prefill", done, total) per prompt chunk, then ("token", id) per sampled token,
+        each as soon as it is known. Stops at `max_new` tokens or the context limit."""
         room = self.max_context - len(prompt_ids)
         if room <= 0:
             raise ContextLimitError(
                 f"the prompt has {len(prompt_ids)} tokens but the context limit is {self.max_context}; "
                 "shorten the prompt or raise the limit (--ctx)")
         max_new = min(max_new, room)
-        logits = self.prefill(prompt_ids, cancel)
+        steps = self.prefill_steps(prompt_ids, cancel)
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as end:
+                logits = end.value
+                break
+            yield "prefill", done, total
         history = list(prompt_ids)
         for i in range(max_new):
             token = sampler(logits, history)
             history.append(token)
-            yield token
+            yield "token", token
             if i + 1 < max_new:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
                 logits = self.step(token)
+
+    def generate(self, prompt_ids: Sequence[int], sampler, max_new: int,
+                 cancel: threading.Event | None = None) -> Iterator[int]:
+        """Yield up to `max_new` sampled tokens, each as soon as it is sampled."""
+        for kind, *value in self.events(prompt_ids, sampler, max_new, cancel):
+            if kind == "token":
+                yield value[0]
 
 
 def load(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
