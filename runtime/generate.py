@@ -181,3 +181,12 @@ class Generation:
         tail = self.text.flush()
         if tail:
             yield tail
+
+
+def stop_ids(cfg, tokenizer) -> set[int]:
+    """Every end-of-sequence id: the config's, the tokenizer's `eos_ids` and its eos token."""
+    ids = set(cfg.eos_token_ids) | set(getattr(tokenizer, "eos_ids", ()) or ())
+    if tokenizer.eos_token is not None:
+        ids.add(tokenizer.hf.token_to_id(tokenizer.eos_token))
+    ids.discard(None)  # an eos_token the vocabulary lacks
+    return ids

@@ -15,7 +15,7 @@ from pathlib import Path
 from loopcli.runtime.chat import render_chat
 from loopcli.runtime.engine import Cancelled, load
 from loopcli.runtime.errors import ModelError
-from loopcli.runtime.generate import Sampler, TextStream
+from loopcli.runtime.generate import Sampler, TextStream, stop_ids
 from loopcli.runtime.tokenizer import Tokenizer
 
 from .base import BackendError, Event, Finish, Progress, TextDelta, Usage
@@ -40,12 +40,8 @@ class LocalBackend:
         if not self.tokenizer.chat_template:
             raise BackendError(f"{model_path} has no chat template; the local backend needs one "
                                "to build prompts (re-convert from a checkpoint that has it)")
-        cfg = self.engine.cfg
         self.context_window = self.engine.max_context
-        self.eos_ids = set(cfg.eos_token_ids) | set(getattr(self.tokenizer, "eos_ids", ()) or ())
-        if self.tokenizer.eos_token is not None:
-            self.eos_ids.add(self.tokenizer.hf.token_to_id(self.tokenizer.eos_token))
-        self.eos_ids.discard(None)  # an eos_token the vocabulary lacks
+        self.eos_ids = stop_ids(self.engine.cfg, self.tokenizer)
         self.max_tokens, self.stop = max_tokens or DEFAULT_MAX_TOKENS, tuple(stop)
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                              repetition_penalty=repetition_penalty, seed=seed)
