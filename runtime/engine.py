@@ -436,7 +436,8 @@ class Engine:
         return Y[-1]
 
     def head(self, h_hat: torch.Tensor) -> torch.Tensor:
-        return qmatmul.linear(h_hat, self.lm_head).float()
+        """Logits as f32 on the CPU, where the sampler works."""
+        return qmatmul.linear(h_hat, self.lm_head).float().cpu()
 
     # ------------------------------------------------------------------ public API
     def prefill(self, ids: Sequence[int], cancel: threading.Event | None = None,
