@@ -27,6 +27,7 @@ from . import blocks
 INT4 = (blocks.Q4_0, blocks.Q4_1, blocks.Q4_K)
 SPLIT8 = (blocks.Q8_0, blocks.Q5_0, blocks.Q5_1, blocks.Q5_K)
 TILE_ELEMS = 1 << 18  # values dequantized per tile: stays in L2
+PACKED_MAX_ROWS = 8  # above this many activation rows, packed weights go through f32 tiles
 
 
 class FloatWeight:
@@ -72,7 +73,7 @@ class Int4Weight:
     @classmethod
     def from_decoded(cls, d: blocks.Decoded, ggml_type: int) -> "Int4Weight":
         rows, cols = d.q.shape
-        pad = -rows % 16  # the kernel takes a multiple of 16 output rows
+        pad = -rows % 32  # blocks of 32 rows: the layout `_unpack` reads
         q = F.pad(d.q.int(), (0, 0, 0, pad))
         s = F.pad(d.scale, (0, 0, 0, pad))
         z = F.pad(d.zero, (0, 0, 0, pad)) if d.zero is not None else torch.zeros_like(s)
@@ -91,8 +92,26 @@ class Int4Weight:
             parts.append((packed, sz))
         return cls(parts, rows, cols)
 
+    def _unpack(self, packed: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Rows a..b (a a multiple of 32) of 4-bit values. torch's CPU layout: blocks of 32
+        rows, per column k 16 bytes, byte j = row j (low nibble) and row j + 16 (high)."""
+        blk = packed.view(-1, self.cols, 16)[a // 32:(b + 31) // 32]
+        u = torch.cat([blk & 15, blk >> 4], dim=-1)  # [blocks, K, 32]
+        return u.transpose(1, 2).reshape(-1, self.cols)[:b - a]
+
+    def _rows(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
+        w = None
+        for packed, sz in self.parts:
+            u = self._unpack(packed, a, b).view(b - a, -1, 32).to(dtype)
+            sc = sz[:, a:b].to(dtype)  # [K/32, rows, 2]
+            part = (u - 8) * sc[..., 0].t()[..., None] + sc[..., 1].t()[..., None]
+            w = part if w is None else w + part
+        return w.view(b - a, self.cols)
+
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        if x.numel() // self.cols > PACKED_MAX_ROWS:  # prefill: dequantized tiles and a GEMM win
+            return _tiled(x, self.rows, lambda a, b: self._rows(a, b, x.dtype), align=32)
         xb = x.reshape(-1, self.cols).to(torch.bfloat16)
         y = None
         for packed, sz in self.parts:
@@ -108,10 +127,10 @@ class Int4Weight:
 Weight = FloatWeight | TiledWeight | Int4Weight
 
 
-def _tiled(x: torch.Tensor, rows: int, tile_of) -> torch.Tensor:
-    """x @ W.T with W produced tile by tile (rows a..b) by `tile_of`."""
+def _tiled(x: torch.Tensor, rows: int, tile_of, align: int = 16) -> torch.Tensor:
+    """x @ W.T with W produced tile by tile (rows a..b, a a multiple of `align`) by `tile_of`."""
     cols = x.shape[-1]
-    step = max(16, TILE_ELEMS // cols)
+    step = max(align, TILE_ELEMS // cols // align * align)
     if step >= rows:
         return F.linear(x, tile_of(0, rows))
     out = torch.empty(*x.shape[:-1], rows, dtype=x.dtype, device=x.device)

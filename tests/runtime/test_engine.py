@@ -33,11 +33,12 @@ def test_blocks_decode_like_gguf_py(t):
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: blocks.NAMES[t])
 @pytest.mark.parametrize("rows", [40, 64])
-def test_quantized_matmul_equals_dequantize_then_matmul(t, rows):
+@pytest.mark.parametrize("m", [3, 24])  # decode-sized (packed kernel) and prefill-sized (tiles)
+def test_quantized_matmul_equals_dequantize_then_matmul(t, rows, m):
     x = (0.05 * np.random.default_rng(rows).standard_normal((rows, 256))).astype(np.float32)
     raw = raw_blocks(x, t)
     w = blocks.dequantize(t, raw, 256)
-    a = torch.randn(3, 256, generator=torch.Generator().manual_seed(0))
+    a = torch.randn(m, 256, generator=torch.Generator().manual_seed(0))
     ref = a @ w.T
     exact = qmatmul.linear(a, qmatmul.pack(t, raw, 256, packed=False))
     assert (exact - ref).abs().max() <= 1e-5 * ref.abs().max()
