@@ -52,14 +52,21 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, help="keep the checkpoint and GGUFs here and reuse them "
+                                                 "(default: a temporary folder)")
     args = ap.parse_args()
     from llama_cpp import Llama
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = write_synthetic(Path(tmp) / "m", arch="llama", preset=args.preset, dtype="bf16")
+        work = args.workdir or Path(tmp)
+        ckpt = work / f"llama-{args.preset}"
+        if not ckpt.exists():
+            write_synthetic(ckpt, arch="llama", preset=args.preset, dtype="bf16")
         for qtype in args.types:
-            path = convert(ckpt, Path(tmp) / f"m-{qtype}.gguf", qtype, show_progress=False)
+            path = work / f"llama-{args.preset}-{qtype}.gguf"
+            if not path.exists():
+                convert(ckpt, path, qtype, show_progress=False)
             eng = load(path, threads=args.threads)
             llm = Llama(str(path), n_ctx=args.prompt + args.gen + 16, n_batch=512, n_threads=args.threads,
                         n_threads_batch=args.threads, verbose=False)

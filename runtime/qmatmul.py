@@ -100,13 +100,15 @@ class Int4Weight:
         return u.transpose(1, 2).reshape(-1, self.cols)[:b - a]
 
     def _rows(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
-        w = None
-        for packed, sz in self.parts:
-            u = self._unpack(packed, a, b).view(b - a, -1, 32).to(dtype)
-            sc = sz[:, a:b].to(dtype)  # [K/32, rows, 2]
-            part = (u - 8) * sc[..., 0].t()[..., None] + sc[..., 1].t()[..., None]
-            w = part if w is None else w + part
-        return w.view(b - a, self.cols)
+        """Rows a..b dequantized: (u - 8) s + z, or for a split pair, with u = 16 hi + lo
+        rebuilt in one byte, 16 s (hi - 8) + s (lo - 8) + z = (u - 136) s + z."""
+        u = self._unpack(self.parts[0][0], a, b)
+        packed, sz = self.parts[-1]
+        if len(self.parts) == 2:
+            u = (u << 4) | self._unpack(packed, a, b)
+        sc = sz[:, a:b].to(dtype)  # [K/32, rows, 2]
+        w = (u.view(b - a, -1, 32).to(dtype) - (136 if len(self.parts) == 2 else 8)) * sc[..., 0].t()[..., None]
+        return (w + sc[..., 1].t()[..., None]).view(b - a, self.cols)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
