@@ -556,4 +556,20 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
         cfg, raw = _gguf_raw(p)
     else:
         cfg, raw = _checkpoint_raw(p)
-    return Engine(cfg, raw, device, dtype, kv_dtype, max_context, packed, source=str(p))
+    engine = Engine(cfg, raw, device, dtype, kv_dtype, max_context, packed, source=str(p))
+    del raw
+    _return_freed_memory()
+    return engine
+
+
+def _return_freed_memory() -> None:
+    """Hand the decoding temporaries back to the OS (glibc keeps freed heap pages otherwise,
+    about 0.3 x the model here)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: nothing to do
