@@ -111,8 +111,8 @@ class Stacked:
         self.parts = parts
         self.rows, self.cols = sum(p.rows for p in parts), parts[0].cols
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([qmatmul.linear(x, p) for p in self.parts], dim=-1)
+    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
+        return torch.cat([qmatmul.linear(x, p, tiles=tiles) for p in self.parts], dim=-1)
 
     @property
     def nbytes(self) -> int:
@@ -324,11 +324,11 @@ class Engine:
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
-    def _project(self, layer: Layer, x: torch.Tensor, cos, sin):
+    def _project(self, layer: Layer, x: torch.Tensor, cos, sin, tiles: bool):
         """x [S, H] -> q [nh, S, hd], k and v [nkv, S, hd] (RoPE on q and k)."""
         cfg = self.cfg
         a = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-        qkv = qmatmul.linear(a, layer.qkv, layer.qkv_bias)
+        qkv = qmatmul.linear(a, layer.qkv, layer.qkv_bias, tiles)
         nq, nk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         q, k, v = qkv.split([nq, nk, nk], dim=-1)
         q = q.unflatten(-1, (cfg.num_heads, -1)).transpose(0, 1)
@@ -344,11 +344,11 @@ class Engine:
             logits = torch.einsum("htd,hd->ht", q, layer.gate_w) + layer.gate_b[:, None]
         return torch.sigmoid(logits).unsqueeze(-1)
 
-    def _finish(self, layer: Layer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = x + qmatmul.linear(y.transpose(0, 1).flatten(-2), layer.wo)
-        gu = qmatmul.linear(rms_norm(h, layer.ffn_norm, self.cfg.rms_norm_eps), layer.gate_up)
+    def _finish(self, layer: Layer, x: torch.Tensor, y: torch.Tensor, tiles: bool) -> torch.Tensor:
+        h = x + qmatmul.linear(y.transpose(0, 1).flatten(-2), layer.wo, tiles=tiles)
+        gu = qmatmul.linear(rms_norm(h, layer.ffn_norm, self.cfg.rms_norm_eps), layer.gate_up, tiles=tiles)
         g, u = gu.chunk(2, dim=-1)
-        return h + qmatmul.linear(F.silu(g) * u, layer.down)
+        return h + qmatmul.linear(F.silu(g) * u, layer.down, tiles=tiles)
 
     def _kv(self, t: torch.Tensor) -> torch.Tensor:
         """What attention reads back: values rounded through the cache dtype."""
@@ -381,7 +381,7 @@ class Engine:
                 st.carries[r - 1] = h_hat[-1]
                 h = cfg.emb_scale * E + cfg.hidden_scale * shifted
             for i, layer in enumerate(self.layers):
-                q, k, v = self._project(layer, h, cos, sin)
+                q, k, v = self._project(layer, h, cos, sin, tiles=True)
                 if r == 0:
                     st.k0[i, :, p:p + S] = k.to(self.kv_dtype)
                     st.v0[i, :, p:p + S] = v.to(self.kv_dtype)
@@ -395,7 +395,7 @@ class Engine:
                     rk[:, new_slots] = k[:, S - keep:].to(self.kv_dtype)
                     rv[:, new_slots] = v[:, S - keep:].to(self.kv_dtype)
                     y = torch.lerp(y_loc, y_glob, self._gate(layer, h, q))
-                h = self._finish(layer, h, y)
+                h = self._finish(layer, h, y, tiles=True)
             last = r == cfg.num_loops - 1
             h_hat = rms_norm(h, self.norm, cfg.rms_norm_eps) if (last or cfg.normalize_per_loop) else h
         st.tokens.extend(ids.tolist())
@@ -413,7 +413,7 @@ class Engine:
         slot = t % ring
         ring_valid = None if t + 1 >= ring else (torch.arange(ring, device=self.device) <= t)[None, :]
         for i, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, U, cos, sin)  # q [nh, R, hd]
+            q, k, v = self._project(layer, U, cos, sin, tiles=False)  # q [nh, R, hd]
             st.k0[i, :, t] = k[:, 0].to(self.kv_dtype)
             st.v0[i, :, t] = v[:, 0].to(self.kv_dtype)
             y = attend(q, st.k0[i, :, :t + 1].to(self.dtype), st.v0[i, :, :t + 1].to(self.dtype), None)
@@ -425,7 +425,7 @@ class Engine:
                 y_loc = y_loc.squeeze(2).transpose(0, 1)
                 mixed = torch.lerp(y_loc, y[:, 1:], self._gate(layer, U[1:], q[:, 1:]))
                 y = torch.cat([y[:, :1], mixed], dim=1)
-            U = self._finish(layer, U, y)
+            U = self._finish(layer, U, y, tiles=False)
         if cfg.normalize_per_loop:
             Y = rms_norm(U, self.norm, cfg.rms_norm_eps)
         else:
@@ -435,9 +435,9 @@ class Engine:
         self._snapshot()
         return Y[-1]
 
-    def head(self, h_hat: torch.Tensor) -> torch.Tensor:
+    def head(self, h_hat: torch.Tensor, tiles: bool = False) -> torch.Tensor:
         """Logits as f32 on the CPU, where the sampler works."""
-        return qmatmul.linear(h_hat, self.lm_head).float().cpu()
+        return qmatmul.linear(h_hat, self.lm_head, tiles=tiles).float().cpu()
 
     # ------------------------------------------------------------------ public API
     def prefill(self, ids: Sequence[int], cancel: threading.Event | None = None,
@@ -490,11 +490,11 @@ class Engine:
             end = min(len(ids), (pos // PREFILL_CHUNK + 1) * PREFILL_CHUNK)
             h_hat = self._prefill_chunk(torch.tensor(ids[pos:end], device=self.device))
             if all_logits:
-                outs.append(self.head(h_hat))
+                outs.append(self.head(h_hat, tiles=True))
             pos = end
             self._snapshot(force=pos == len(ids))
             yield pos, len(ids)
-        st.last_logits = outs[-1][-1] if all_logits else self.head(h_hat[-1])
+        st.last_logits = outs[-1][-1] if all_logits else self.head(h_hat[-1], tiles=True)
         return torch.cat(outs) if all_logits else st.last_logits
 
     @torch.inference_mode()

@@ -35,7 +35,7 @@ class FloatWeight:
         self.w = w
         self.rows, self.cols = w.shape
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
         if self.w.dtype == x.dtype:
             return F.linear(x, self.w)
         return _tiled(x, self.rows, lambda a, b: self.w[a:b].to(x.dtype))
@@ -56,7 +56,7 @@ class TiledWeight:
         part = blocks.Decoded(self.q[a:b], self.scale[a:b], None if self.zero is None else self.zero[a:b], self.group)
         return part.dequantize().to(dtype)
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
         return _tiled(x, self.rows, lambda a, b: self._rows(a, b, x.dtype))
 
     @property
@@ -110,9 +110,9 @@ class Int4Weight:
         w = (u.view(b - a, -1, 32).to(dtype) - (136 if len(self.parts) == 2 else 8)) * sc[..., 0].t()[..., None]
         return (w + sc[..., 1].t()[..., None]).view(b - a, self.cols)
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
         shape = x.shape
-        if x.numel() // self.cols > PACKED_MAX_ROWS:  # prefill: dequantized tiles and a GEMM win
+        if tiles or x.numel() // self.cols > PACKED_MAX_ROWS:  # prefill: f32 tiles and a GEMM win
             return _tiled(x, self.rows, lambda a, b: self._rows(a, b, x.dtype), align=32)
         xb = x.reshape(-1, self.cols).to(torch.bfloat16)
         y = None
@@ -159,6 +159,8 @@ def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | st
                                       None if d.zero is None else d.zero.to(device), d.group))
 
 
-def linear(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    y = w.linear(x)
+def linear(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None, tiles: bool = False) -> torch.Tensor:
+    """x @ W.T (+ bias). `tiles`: always the dequantized-tile path (prefill), so that results
+    do not depend on how many rows a chunk has."""
+    y = w.linear(x, tiles)
     return y if bias is None else y + bias

@@ -185,3 +185,15 @@ def test_cancel_stops_and_leaves_a_usable_state(checkpoints, small_chunks):
     cold = load(checkpoints["loopcoder", 2][1]).logits(ids)[-1]
     assert (eng.prefill(ids) - cold).abs().max() <= 1e-5
     assert eng.last_reused == 16
+
+
+def test_prefix_reuse_is_exact_on_quantized_weights(checkpoints, small_chunks, tmp_path):
+    """Prefill always multiplies through f32 tiles, so a resumed chunk of any length gives
+    the cold run's logits on packed (bf16-rounding) weights too."""
+    eng = load(convert(checkpoints["loopcoder", 2][0], tmp_path / "q8.gguf", "q8_0", show_progress=False))
+    first = prompt(eng.cfg.vocab_size, n=30, seed=1).tolist()
+    second = first + prompt(eng.cfg.vocab_size, n=3, seed=2).tolist()
+    cold = eng.logits(second)[-1]
+    eng.reset()
+    list(eng.generate(first, Sampler(), 4))
+    assert (eng.prefill(second) - cold).abs().max() <= 1e-5 and eng.last_reused == 30
