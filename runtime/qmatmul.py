@@ -142,6 +142,9 @@ def _tiled(x: torch.Tensor, rows: int, tile_of, align: int = 16) -> torch.Tensor
     return out
 
 
+PACK_ROWS = 2048  # rows decoded and packed at a time: bounds the temporaries while loading
+
+
 def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | str = "cpu",
          packed: bool = True) -> Weight:
     """Raw GGUF bytes uint8 [rows, row_bytes] -> the weight form this device multiplies from.
@@ -152,9 +155,16 @@ def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | st
     if ggml_type in blocks.FLOAT:
         w = raw.contiguous().view(blocks.FLOAT[ggml_type]).reshape(raw.shape[0], cols)
         return FloatWeight(w.to(device).clone())
-    d = blocks.decode(ggml_type, raw, cols)
     if packed and device.type == "cpu" and ggml_type in INT4 + SPLIT8:
-        return Int4Weight.from_decoded(d, ggml_type)
+        # row blocks of 32 are independent in the packed layout: pack a slice at a time
+        pieces = [Int4Weight.from_decoded(blocks.decode(ggml_type, raw[a:a + PACK_ROWS], cols), ggml_type)
+                  for a in range(0, raw.shape[0], PACK_ROWS)]
+        if len(pieces) == 1:
+            return pieces[0]
+        parts = [(torch.cat([p.parts[i][0] for p in pieces]), torch.cat([p.parts[i][1] for p in pieces], dim=1))
+                 for i in range(len(pieces[0].parts))]
+        return Int4Weight(parts, raw.shape[0], cols)
+    d = blocks.decode(ggml_type, raw, cols)
     return TiledWeight(blocks.Decoded(d.q.to(device), d.scale.to(device),
                                       None if d.zero is None else d.zero.to(device), d.group))
 
