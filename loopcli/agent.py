@@ -151,7 +151,8 @@ class Agent:
         """One model call; returns the reply and the prompt's size in tokens."""
         context = self.context_tokens()
         try:
-            reply = collect(self.backend.stream(self.messages, self.tools))
+            reply = collect(self.backend.stream(self.messages, self.tools), on_progress=lambda p: self.emit(
+                "progress", stage=p.stage, done=p.done, total=p.total))
         except BackendError as exc:
             self.emit("error", message=str(exc))
             raise ModelFailed(f"{self.backend.name} backend failed: {exc}") from exc
@@ -177,7 +178,8 @@ class Agent:
         self.emit("model", text=reply.text, prose=prose, finish_reason=reply.finish_reason,
                   tool_calls=[_call_dict(c) for c in calls],
                   usage={"prompt_tokens": reply.usage.prompt_tokens,
-                         "completion_tokens": reply.usage.completion_tokens},
+                         "completion_tokens": reply.usage.completion_tokens,
+                         "cached_tokens": reply.usage.cached_tokens},
                   context_tokens=context)
         if not calls:
             self.messages.append({"role": "assistant", "content": reply.text})

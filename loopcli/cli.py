@@ -63,22 +63,34 @@ def synth(out, arch, preset, loops, window, seed, dtype, shards, force, tokenize
     click.echo(f"wrote synthetic {arch} checkpoint ({preset}, random weights) to {path}", err=True)
 
 
+def _load_engine(model: Path, threads: int | None = None, ctx: int | None = None):
+    """The engine and tokenizer of MODEL (a GGUF file or an HF checkpoint directory)."""
+    from loopcli.runtime.engine import load
+    from loopcli.runtime.tokenizer import Tokenizer
+
+    if not model.exists():
+        raise ModelError(f"model {model} does not exist; give a .gguf file or a checkpoint directory")
+    return load(model, threads=threads, max_context=ctx), Tokenizer.load(model)
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--file", "text_file", required=True, type=click.Path(path_type=Path),
               help="Text to score.")
 @click.option("--ctx", type=click.IntRange(4), default=512, show_default=True,
               help="Chunk length in tokens; the second half of each chunk is scored.")
+@click.option("--kl-base", type=click.Path(path_type=Path),
+              help="Another model (e.g. the f32 export) to compare distributions with: adds the "
+                   "mean KL divergence and the same-top-1 share.")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
 @click.option("--json", "as_json", is_flag=True,
-              help='Print {"ppl", "n_tokens", "nll": [...]} as JSON.')
-def perplexity(model, text_file, ctx, as_json):
-    """Perplexity of MODEL (an HF checkpoint directory) on a text, llama-perplexity style."""
+              help='Print {"ppl", "n_tokens", "nll": [...]} (+ "mean_kld", "same_top1") as JSON.')
+def perplexity(model, text_file, ctx, kl_base, threads, as_json):
+    """Perplexity of MODEL (a GGUF file or HF checkpoint directory) on a text, llama-perplexity style."""
     from rich.console import Console
     from rich.progress import Progress
 
-    from loopcli.runtime.model import load_model
     from loopcli.runtime.perplexity import perplexity as score
-    from loopcli.runtime.tokenizer import Tokenizer
 
     if not text_file.is_file():
         raise ModelError(f"text file {text_file} does not exist; give an existing file to --file")
@@ -86,17 +98,131 @@ def perplexity(model, text_file, ctx, as_json):
         text = text_file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ModelError(f"{text_file} is not UTF-8 text") from None
-    net = load_model(model)
-    tok = Tokenizer.load(model)
+    net, tok = _load_engine(model, threads)
+    base = _load_engine(kl_base, threads)[0] if kl_base else None
+    if base is not None and base.cfg.vocab_size != net.cfg.vocab_size:
+        raise ModelError(f"--kl-base {kl_base} has {base.cfg.vocab_size} vocabulary rows, {model} has "
+                         f"{net.cfg.vocab_size}; compare exports of the same model")
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=as_json or not console.is_terminal) as progress:
         task = progress.add_task("scoring chunks", total=None)
-        result = score(net, tok, text, ctx,
+        result = score(net, tok, text, ctx, base=base,
                        on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
+    out = {"ppl": result.ppl, "n_tokens": result.n_tokens, "nll": result.nll}
+    if base is not None:
+        out.update(mean_kld=result.mean_kld, same_top1=result.same_top1)
     if as_json:
-        click.echo(json.dumps({"ppl": result.ppl, "n_tokens": result.n_tokens, "nll": result.nll}))
+        click.echo(json.dumps(out))
     else:
         click.echo(f"perplexity {result.ppl:.4f} over {result.n_tokens} scored tokens")
+        if base is not None:
+            click.echo(f"mean KL divergence {result.mean_kld:.6f}; same top-1 {100 * result.same_top1:.2f} %")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="The prompt text.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt as a user turn in the model's chat template.")
+@click.option("--max-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="0 is off.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--repeat-penalty", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, help="Sampling seed (default: random).")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+@click.option("--ctx", type=click.IntRange(1), help="Context limit in tokens (default: the model's).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"text", "tokens", "prompt_tokens", "prefill_tok_s", "decode_tok_s"}.')
+def generate(model, prompt, chat, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed,
+             stop, threads, ctx, as_json):
+    """Generate text from MODEL (a GGUF file or HF checkpoint directory), streamed to stdout."""
+    import time
+
+    from loopcli.runtime.chat import render_chat
+    from loopcli.runtime.generate import Sampler, TextStream, stop_ids
+
+    eng, tok = _load_engine(model, threads, ctx)
+    if chat:
+        if not tok.chat_template:
+            raise ModelError(f"{model} has no chat template; drop --chat")
+        prompt = render_chat(tok.chat_template, [{"role": "user", "content": prompt}],
+                             bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+    ids = tok.encode(prompt, add_bos=tok.add_bos and not (tok.bos_token and prompt.startswith(tok.bos_token)))
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                      repetition_penalty=repeat_penalty, seed=seed)
+    eos, text = stop_ids(eng.cfg, tok), TextStream(tok.decode, stop)
+    out, n = [], 0
+    t0 = time.perf_counter()
+    t_first = None
+    for token in eng.generate(ids, sampler, max_tokens):
+        n += 1
+        if t_first is None:
+            t_first = time.perf_counter()
+        if token in eos:
+            break
+        delta = text.push(token)
+        out.append(delta)
+        if delta and not as_json:
+            click.echo(delta, nl=False)
+        if text.stopped:
+            break
+    t_end = time.perf_counter()
+    tail = text.flush()
+    out.append(tail)
+    prefill_s, decode_s = (t_first or t_end) - t0, t_end - (t_first or t_end)
+    stats = {"text": "".join(out), "tokens": n, "prompt_tokens": len(ids),
+             "prefill_tok_s": round(len(ids) / prefill_s, 2) if prefill_s > 0 else None,
+             "decode_tok_s": round((n - 1) / decode_s, 2) if n > 1 and decode_s > 0 else None}
+    if as_json:
+        click.echo(json.dumps(stats, ensure_ascii=False))
+    else:
+        click.echo(tail)
+        click.echo(f"{len(ids)} prompt tokens at {stats['prefill_tok_s']} tok/s; {n} generated at "
+                   f"{stats['decode_tok_s']} tok/s", err=True)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--prompt-tokens", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--gen-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(model, prompt_tokens, gen_tokens, threads, as_json):
+    """Prefill and decode speed of MODEL on random tokens (cold prompt, greedy decode)."""
+    import resource
+    import time
+
+    import torch
+
+    from loopcli.runtime.engine import load
+
+    if not model.exists():
+        raise ModelError(f"model {model} does not exist; give a .gguf file or a checkpoint directory")
+    eng = load(model, threads=threads, max_context=None)
+    if prompt_tokens + gen_tokens > eng.max_context:
+        raise ModelError(f"--prompt-tokens + --gen-tokens = {prompt_tokens + gen_tokens} exceeds the "
+                         f"model's context of {eng.max_context}")
+    ids = torch.randint(0, eng.cfg.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    logits = eng.prefill(ids.tolist())
+    t1 = time.perf_counter()
+    for _ in range(gen_tokens):
+        logits = eng.step(int(logits.argmax()))
+    t2 = time.perf_counter()
+    files = [model] if model.is_file() else [f for f in model.rglob("*") if f.is_file()]
+    out = {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "threads": torch.get_num_threads(),
+           "prompt_tok_s": round(prompt_tokens / (t1 - t0), 2), "decode_tok_s": round(gen_tokens / (t2 - t1), 2),
+           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+           "model_bytes": sum(f.stat().st_size for f in files), "weight_bytes": eng.weight_bytes}
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"prompt {out['prompt_tok_s']} tok/s ({prompt_tokens} tokens), decode {out['decode_tok_s']} "
+                   f"tok/s ({gen_tokens} tokens), {out['threads']} threads, peak RSS "
+                   f"{out['peak_rss_bytes'] / 2**20:.0f} MiB, model {out['model_bytes'] / 2**20:.0f} MiB")
 
 
 @cli.command()

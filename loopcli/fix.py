@@ -441,6 +441,8 @@ def progress_line(event: dict) -> str | None:
         failed = f"[red]failed (exit {event['exit_code']})[/]"
         mark = "[green]passed[/]" if event["passed"] else failed
         return f"{step} tests {mark} in {event['seconds']:.1f} s"
+    if kind == "progress":
+        return f"{step} [dim]{event['stage']} {event['done']}/{event['total']} tokens[/]"
     if kind == "commit":
         return f"committed {event['commit'][:12]} on branch {event['branch']}"
     return None

@@ -1,8 +1,9 @@
 """Token generation on top of the decode paths: sampling, the token loop, streamed text.
 
-`Sampler` turns one logits vector into a token: greedy at temperature 0, otherwise seeded
-sampling after temperature, top-k and top-p. `generate_tokens` prefills the prompt and then runs one
-`fused_step` per token. `Generation` adds what a chat turn needs: stop on EOS ids, stop
+`Sampler` turns one logits vector into a token: a repetition penalty on the tokens seen, then
+greedy at temperature 0, otherwise seeded sampling after temperature, top-k, top-p and min-p.
+`generate_tokens` runs a model: the reference `PLTModel` (prefill, then one `fused_step` per
+token) or an `Engine` (its own `generate`). `Generation` adds what a chat turn needs: stop on EOS ids, stop
 strings and a token limit, and text deltas that never split a UTF-8 character.
 """
 
@@ -23,6 +24,8 @@ class Sampler:
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     seed: int | None = None  # None: a fresh random seed
+    min_p: float = 0.0  # 0: off; else drop tokens below min_p x the top probability
+    repetition_penalty: float = 1.0  # 1: off; seen tokens' logits divided (> 0) or multiplied
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -31,6 +34,10 @@ class Sampler:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         self._gen = torch.Generator()
         if self.seed is None:
             self._gen.seed()
@@ -52,9 +59,24 @@ class Sampler:
             drop_sorted = torch.cumsum(sorted_p, 0) - sorted_p >= self.top_p
             p = p.masked_fill(torch.empty_like(drop_sorted).scatter_(0, order, drop_sorted), 0.0)
             p = p / p.sum()
+        if self.min_p > 0:
+            p = p.masked_fill(p < self.min_p * p.max(), 0.0)
+            p = p / p.sum()
         return p
 
-    def __call__(self, logits: torch.Tensor) -> int:
+    def penalize(self, logits: torch.Tensor, history: Sequence[int]) -> torch.Tensor:
+        """CTRL-style penalty (as llama.cpp and transformers): a seen token's positive logit is
+        divided by the penalty, a negative one multiplied."""
+        if self.repetition_penalty == 1.0 or not history:
+            return logits
+        seen = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
+        logits = logits.float().clone()
+        vals = logits[seen]
+        logits[seen] = torch.where(vals > 0, vals / self.repetition_penalty, vals * self.repetition_penalty)
+        return logits
+
+    def __call__(self, logits: torch.Tensor, history: Sequence[int] = ()) -> int:
+        logits = self.penalize(logits, history)
         if self.temperature == 0:
             return int(torch.argmax(logits))
         return int(torch.multinomial(self.probs(logits), 1, generator=self._gen))
@@ -69,10 +91,15 @@ def generate_tokens(model: PLTModel, prompt_ids: Sequence[int], sampler: Sampler
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty; generation needs at least one token")
+    if not isinstance(model, PLTModel):
+        yield from model.generate(prompt_ids, sampler, max_new)
+        return
     state = DecodeState.new(model, len(prompt_ids) + max_new)
     logits = prefill(model, state, torch.tensor(list(prompt_ids)))[-1]
+    history = list(prompt_ids)
     for i in range(max_new):
-        token = sampler(logits)
+        token = sampler(logits, history)
+        history.append(token)
         yield token
         if i + 1 < max_new:
             logits = fused_step(model, state, token)
@@ -154,3 +181,12 @@ class Generation:
         tail = self.text.flush()
         if tail:
             yield tail
+
+
+def stop_ids(cfg, tokenizer) -> set[int]:
+    """Every end-of-sequence id: the config's, the tokenizer's `eos_ids` and its eos token."""
+    ids = set(cfg.eos_token_ids) | set(tokenizer.eos_ids)
+    if tokenizer.eos_token is not None:
+        ids.add(tokenizer.token_to_id(tokenizer.eos_token))
+    ids.discard(None)  # an eos_token the vocabulary lacks
+    return ids

@@ -33,6 +33,15 @@ class ToolCall:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens taken from the backend's kept state, not recomputed
+
+
+@dataclass
+class Progress:
+    """Work under way inside one call (a local model prefilling or generating)."""
+    stage: str  # "prefill" or "decode"
+    done: int
+    total: int
 
 
 @dataclass
@@ -40,7 +49,7 @@ class Finish:
     reason: str  # "stop", "tool_calls", "length", ...
 
 
-Event = Union[TextDelta, ToolCall, Usage, Finish]
+Event = Union[TextDelta, ToolCall, Usage, Finish, Progress]
 
 
 @dataclass
@@ -61,8 +70,9 @@ class Backend(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
-def collect(events: Iterator[Event], on_text=None) -> Reply:
-    """Gather a stream into a Reply, passing text deltas to `on_text` as they come."""
+def collect(events: Iterator[Event], on_text=None, on_progress=None) -> Reply:
+    """Gather a stream into a Reply, passing text deltas to `on_text` and Progress events to
+    `on_progress` as they come."""
     reply = Reply()
     for ev in events:
         if isinstance(ev, TextDelta):
@@ -75,4 +85,6 @@ def collect(events: Iterator[Event], on_text=None) -> Reply:
             reply.usage = ev
         elif isinstance(ev, Finish):
             reply.finish_reason = ev.reason
+        elif isinstance(ev, Progress) and on_progress:
+            on_progress(ev)
     return reply

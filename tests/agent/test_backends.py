@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from loopcli.backends.base import BackendError, Finish, TextDelta, ToolCall, Usage, collect
+from loopcli.backends.base import BackendError, Finish, Progress, TextDelta, ToolCall, Usage, collect
 from loopcli.backends.factory import make_backend
 from loopcli.runtime.chat import render_chat
 from loopcli.runtime.generate import Sampler, generate_tokens
@@ -27,6 +27,7 @@ TOOLS = [{"type": "function", "function": {
 
 def split(events):
     """Text deltas, then the rest; checks the order text -> tool calls -> usage -> finish."""
+    events = [e for e in events if not isinstance(e, Progress)]  # interleaved anywhere
     kinds = [type(e) for e in events]
     order = [TextDelta, ToolCall, Usage, Finish]
     assert kinds == sorted(kinds, key=order.index), kinds
