@@ -153,7 +153,7 @@ def _stack_raw(parts: list[Raw], device, packed: bool) -> qmatmul.Weight | Stack
 
 def _gguf_raw(path: str | Path) -> tuple[ModelConfig, dict[str, Raw]]:
     from .gguf_format import ROPE_FREQS, hf_name, needs_permute, unpermute_from_llama
-    from .gguf_load import config_from_gguf, open_gguf
+    from .gguf_load import config_from_gguf, nonfinite, open_gguf
 
     r = open_gguf(path)
     cfg = config_from_gguf(r, str(path))
@@ -170,6 +170,9 @@ def _gguf_raw(path: str | Path) -> tuple[ModelConfig, dict[str, Raw]]:
             name = hf_name(t.name)
         except KeyError:
             raise ModelError(f"{path}: unknown tensor {t.name}; re-convert it with loopcli convert") from None
+        bad = nonfinite(t)  # a NaN in one block would silently poison every logit
+        if bad:
+            raise ModelError(f"{path}: tensor {t.name} contains {bad} values; the file is corrupt, re-convert it")
         cols = int(t.shape[0])
         rows = int(t.n_elements) // cols
         data = np.asarray(t.data).reshape(-1).view(np.uint8).reshape(rows, -1)
