@@ -3,7 +3,7 @@
 A fuzzing backend feeds random hostile turns (lone surrogates, NUL bytes, JSON nested 1,000
 deep, non-object arguments, broken call markup, unknown tools, hostile paths, backend
 exceptions mid-stream) through the real agent and tools; every run must end in one of the
-documented statuses with a readable trajectory. By default 150 turns run; LOOPCLI_FULL_FUZZ=1
+documented statuses with a readable trajectory. By default 150 turns run; LOOPCLI_SLOW=1
 runs 1,200. A fake OpenAI-compatible server then sends malformed SSE streams to `loopcli fix`.
 """
 
@@ -27,7 +27,7 @@ from loopcli.backends.base import BackendError, Finish, TextDelta, ToolCall, Usa
 from loopcli.fix import EXIT_CODES
 
 pytestmark = pytest.mark.usefixtures("hermetic")
-FULL = os.environ.get("LOOPCLI_FULL_FUZZ") == "1"
+FULL = os.environ.get("LOOPCLI_SLOW") == "1"
 TURNS = 1_200 if FULL else 150
 TURNS_PER_RUN = 6
 STATUSES = set(EXIT_CODES)

@@ -2,7 +2,7 @@
 recorded, a killed snapshot does not break later ones, the store stays bounded, one run per repo.
 
 The random-steps property test runs 60 steps by default and 550 (five seeded runs of 110) with
-LOOPCLI_FULL_FUZZ=1.
+LOOPCLI_SLOW=1.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from loopcli.tools.repolock import RepoBusy, RepoLock
 from loopcli.tools.toolbox import Toolbox
 from loopcli.tools.workspace import Workspace
 
-FULL = os.environ.get("LOOPCLI_FULL_FUZZ") == "1"
+FULL = os.environ.get("LOOPCLI_SLOW") == "1"
 RUNS = [(seed, 110) for seed in range(5)] if FULL else [(0, 60)]
 
 GIT_ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},

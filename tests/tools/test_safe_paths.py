@@ -1,6 +1,6 @@
 """Paths without races: symlink swaps mid-call, .git look-alikes, FIFOs and other special files.
 
-The racing tests run a bounded number of writes and reads by default; LOOPCLI_FULL_FUZZ=1 runs
+The racing tests run a bounded number of writes and reads by default; LOOPCLI_SLOW=1 runs
 the counts of the issue (see tests/fuzzcounts.py).
 """
 
@@ -21,7 +21,7 @@ from loopcli.tools.errors import ToolError
 from loopcli.tools.toolbox import Toolbox
 from loopcli.tools.workspace import Workspace, is_git_dir_name
 
-FULL = os.environ.get("LOOPCLI_FULL_FUZZ") == "1"
+FULL = os.environ.get("LOOPCLI_SLOW") == "1"
 RACE_WRITES = 10_000 if FULL else 1_000
 RACE_READS = 5_000 if FULL else 300
 
