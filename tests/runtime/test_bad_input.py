@@ -54,7 +54,7 @@ def test_missing_config(monkeypatch, capsys, ckpt, text):
 
 
 def test_model_dir_missing(monkeypatch, capsys, tmp_path, text):
-    expect_error(monkeypatch, capsys, tmp_path / "nope", text, "is not a directory")
+    expect_error(monkeypatch, capsys, tmp_path / "nope", text, "does not exist", "give a .gguf file or a checkpoint directory")
 
 
 def test_unknown_architecture(monkeypatch, capsys, ckpt, text):
