@@ -93,7 +93,8 @@ def perplexity(model, text_file, ctx, kl_base, threads, as_json):
     from loopcli.runtime.perplexity import perplexity as score
 
     if not text_file.is_file():
-        raise ModelError(f"text file {text_file} does not exist; give an existing file to --file")
+        what = "is not a regular file" if text_file.exists() else "does not exist"
+        raise ModelError(f"text file {text_file} {what}; give an existing text file to --file")
     try:
         text = text_file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
