@@ -93,20 +93,18 @@ class RunResult:
 
 Record = Callable[[dict], None]
 Verify = Callable[[], "tuple[bool, str]"]  # (passed, what to tell the model when not)
-Guard = Callable[[str, dict | str], "str | None"]  # a refusal message, or None to allow
 
 
 class Agent:
     def __init__(self, backend: Backend, toolbox: Toolbox, system_prompt: str, *,
                  limits: Limits | None = None, record: Record | None = None,
-                 verify: Verify | None = None, guard: Guard | None = None):
+                 verify: Verify | None = None):
         self.backend = backend
         self.toolbox = toolbox
         self.system_prompt = system_prompt
         self.limits = limits or Limits()
         self.record = record or (lambda event: None)
         self.verify = verify
-        self.guard = guard
         self.tools = toolbox.schemas() + [prompts.FINISH_SCHEMA]
         self.tool_names = {t["function"]["name"] for t in self.tools}
         self.messages: list[dict] = []
@@ -208,10 +206,7 @@ class Agent:
     def _execute(self, call: ToolCall) -> None:
         self._check_repeat(call)
         started = time.monotonic()
-        refusal = self.guard(call.name, call.arguments) if self.guard else None
-        if refusal:
-            output, ok = refusal, False
-        elif call.name == "finish":
+        if call.name == "finish":
             output, ok = self._finish(call)
         else:
             result = self.toolbox.call(call.name, self._within_time(call))

@@ -42,12 +42,6 @@ LAYER_TENSORS = {
 # llama3-style RoPE scaling as llama.cpp stores it: per-frequency divisors
 ROPE_FREQS = "rope_freqs.weight"
 
-# `tokenizer.ggml.pre` names llama.cpp knows -> their pre-tokenizer split regex
-PRE_TOKENIZERS = {
-    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-}
-
 # loopcoder.* keys for the plt_* hyper-parameters (ModelConfig field -> key suffix)
 PLT_KEYS = {
     "num_loops": "loop_count",

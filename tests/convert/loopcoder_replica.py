@@ -21,7 +21,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from loopcli.runtime.gguf_format import PRE_TOKENIZERS
+from loopcli.runtime.pretokenizers import KNOWN as PRE_TOKENIZERS
 
 REPLICA = Path(__file__).parent / "loopcoder_v2"
 H, I, V, HEADS, KV = 5120, 27648, 76800, 40, 1024
@@ -82,9 +82,7 @@ def write_tokenizer(path: Path) -> None:
         "version": "1.0", "truncation": None, "padding": None, "normalizer": None, "post_processor": None,
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
                           "normalized": False, "special": True} for i, t in sorted(special.items())],
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": PRE_TOKENIZERS["qwen2"]}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "pre_tokenizer": PRE_TOKENIZERS["qwen2"],
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
