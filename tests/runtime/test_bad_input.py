@@ -129,3 +129,12 @@ def test_synth_to_an_unwritable_place(monkeypatch, capsys):
     # /proc refuses new entries even to root, which CI runs as
     code, err = run_cli(monkeypatch, capsys, "synth", "/proc/loopcli-model")
     assert code == 2 and "cannot write to /proc" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_text_file_that_is_not_a_file(monkeypatch, capsys, ckpt, tmp_path, kind):
+    target = tmp_path / "nope.txt"
+    if kind == "directory":
+        target.mkdir()
+    needle = "does not exist" if kind == "missing" else "is not a regular file"
+    expect_error(monkeypatch, capsys, ckpt, target, needle, "--file")
