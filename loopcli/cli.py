@@ -462,6 +462,45 @@ def eval_(tasks, backend, model, base_url, max_steps, ctx, out, jobs, as_json, s
         sys.exit(report.exit_code)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--file", "files", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Text to diagnose (repeatable); each file is cut into chunks of --ctx tokens.")
+@click.option("--ctx", type=int, default=512, show_default=True,
+              help="Chunk length in tokens; each chunk runs from a cold state.")
+@click.option("--loops", type=int, help="Also run at this loop count and report next-token NLL and KL "
+                                        "against the model's native count.")
+@click.option("--json", "as_json", is_flag=True, help="Print every metric for every loop as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG with one panel per metric across loops.")
+def diagnose(model, files, ctx, loops, as_json, plot):
+    """Per-loop diagnostics of a LoopCoder MODEL (HF directory or loopcoder GGUF) on your files:
+    step size, update coherence, effective rank, CLP offset cost, G-SWA gate, logit-lens output
+    shift, entropy and true-token rank, peak-contribution loop, attention divergence
+    (docs/diagnose.md)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from loopcli.diagnose import comparison_line, diagnose as run, render_table, to_json, write_plot
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=as_json or not console.is_terminal) as progress:
+        task = progress.add_task("diagnosing chunks", total=None)
+        result = run(model, list(files), ctx, loops, plot,
+                     on_chunk=lambda done, total: progress.update(task, completed=done, total=total))
+    if plot is not None:
+        write_plot(result, plot)
+    if as_json:
+        click.echo(to_json(result))
+        return
+    Console().print(render_table(result))
+    line = comparison_line(result)
+    if line:
+        click.echo(line)
+    if plot is not None:
+        click.echo(f"wrote {plot}", err=True)
+
+
 def _eval_backends(kind, model, base_url, ctx):
     """evaluate.task_backends, with the context length `ctx` when one is given."""
     from loopcli.evaluate import task_backends

@@ -175,8 +175,15 @@ class PLTModel(nn.Module):
         return self.model.norm(h) if (last or self.cfg.normalize_per_loop) else h
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """Full-sequence forward (plt-model.md §1.5): ids [B, T] -> logits [B, T, V]."""
+    def forward(self, ids: torch.Tensor, capture=None) -> torch.Tensor:
+        """Full-sequence forward (plt-model.md §1.5): ids [B, T] -> logits [B, T, V].
+
+        `capture` (optional, for diagnostics; nothing changes without it) is told what each
+        step saw: `capture.attention(r, i, layer, x, q, (k_glob, v_glob), (k_loc, v_loc), y)`
+        after attention in loop r, layer i (x the layer input; the global branch's K/V are
+        loop 0's, the local branch's this loop's own; in loop 0 both are the same; y the
+        attention output before o_proj), and `capture.loop(r, h_hat)` after each loop.
+        """
         cfg = self.cfg
         T = ids.shape[-1]
         pos = torch.arange(T)
@@ -198,8 +205,12 @@ class PLTModel(nn.Module):
                     y_glob = attend(q, *kv0[i], causal)
                     y_loc = attend(q, k, v, local)
                     y = layer.mix(h, q, y_glob, y_loc)
+                if capture is not None:
+                    capture.attention(r, i, layer, h, q, kv0[i], (k, v), y)
                 h = layer.finish(h, y)
             h_hat = self.loop_output(r, h)
+            if capture is not None:
+                capture.loop(r, h_hat)
         return self.lm_head(h_hat)
 
 
