@@ -215,8 +215,13 @@ def write_plot(result: dict, out: Path) -> list[str]:
             ax.plot(loops, values, "o-")
             if keys[0] == "update_coherence":
                 ax.axhline(0, color="gray", lw=0.8, ls="--")
-    fig.suptitle(f"{Path(result['model']).name}: {result['tokens']} tokens, {result['chunks']} chunk(s) of "
-                 f"<= {result['ctx']}; loops numbered from 0")
+    title = (f"{Path(result['model']).name}: {result['tokens']} tokens, {result['chunks']} chunk(s) of "
+             f"<= {result['ctx']}; loops numbered from 0")
+    cmp = result.get("other_loops")
+    if cmp:
+        title += (f"; at {cmp['loops']} loop(s) instead of {cmp['native_loops']}: next-token NLL "
+                  f"{cmp['nll']:.4g} vs {cmp['nll_native']:.4g}, KL {cmp['kl']:.3g}")
+    fig.suptitle(title)
     fig.tight_layout()
     tmp = None
     try:
