@@ -471,7 +471,7 @@ def eval_(tasks, backend, model, base_url, max_steps, ctx, out, jobs, as_json, s
 @click.option("--loops", type=int, help="Also run at this loop count and report next-token NLL and KL "
                                         "against the model's native count.")
 @click.option("--json", "as_json", is_flag=True, help="Print every metric for every loop as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--plot", type=click.Path(path_type=Path),
               help="Write a PNG with one panel per metric across loops.")
 def diagnose(model, files, ctx, loops, as_json, plot):
     """Per-loop diagnostics of a LoopCoder MODEL (HF directory or loopcoder GGUF) on your files:

@@ -89,8 +89,13 @@ def check_options(cfg, ctx: int, loops: int | None, plot: Path | None) -> None:
         raise ModelError(f"--loops must be at least 1, got {loops}")
     if loops is not None and loops > 1 and not cfg.is_plt:
         raise ModelError("the model has one loop and so no G-SWA gate weights; it can only run with --loops 1")
-    if plot is not None and not plot.parent.is_dir():
-        raise ModelError(f"--plot {plot}: folder {plot.parent} does not exist; create it or write elsewhere")
+    if plot is not None:
+        if plot.is_dir():
+            raise ModelError(f"--plot {plot} is a folder; give the PNG file to write")
+        if not plot.parent.is_dir():
+            raise ModelError(f"--plot {plot}: folder {plot.parent} does not exist; create it or write elsewhere")
+        if not os.access(plot.parent, os.W_OK):
+            raise ModelError(f"--plot {plot}: folder {plot.parent} is not writable; write elsewhere")
 
 
 def diagnose(model: Path, files: list[Path], ctx: int = 512, loops: int | None = None,

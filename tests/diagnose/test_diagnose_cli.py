@@ -122,7 +122,7 @@ def test_table_on_the_terminal(env, monkeypatch, capsys):
 
 @pytest.mark.parametrize("case", ["missing file", "directory as file", "empty file", "not utf-8", "loops 0",
                                   "ctx 1", "missing model", "llama gguf", "llama dir", "loops on R=1",
-                                  "plot folder missing"])
+                                  "plot folder missing", "plot is a folder"])
 def test_bad_input_is_one_error_line(env, monkeypatch, capsys, case):
     root = env["root"]
     (root / "empty.txt").write_text("")
@@ -150,6 +150,8 @@ def test_bad_input_is_one_error_line(env, monkeypatch, capsys, case):
         model, args = env["r1"], args + ["--loops", "2"]
     elif case == "plot folder missing":
         args += ["--plot", root / "no" / "such" / "dir.png"]
+    elif case == "plot is a folder":
+        args += ["--plot", root]
     code, out, err = run(monkeypatch, capsys, model, *args)
     assert code == 2
     lines = err.strip().splitlines()

@@ -220,8 +220,12 @@ def test_blocks_do_not_change_the_numbers(monkeypatch):
     whole = Diagnostics(model)
     whole.add(ids)
     monkeypatch.setattr(diagnostics, "BLOCK", 1)
+    sizes = []
+    real = diagnostics.log_attention
+    monkeypatch.setattr(diagnostics, "log_attention", lambda *a: sizes.append(real(*a).numel()) or real(*a))
     tiny = Diagnostics(model)
     tiny.add(ids)
+    assert max(sizes) == model.cfg.num_heads * 24  # one query row per block: heads x keys
     for a, b in zip(whole.result()["per_loop"], tiny.result()["per_loop"]):
         for m in LOOP_METRICS:
             assert (a[m] is None and b[m] is None) or a[m] == pytest.approx(b[m], rel=1e-5, abs=1e-7), m
