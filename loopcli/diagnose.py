@@ -51,7 +51,8 @@ def model_config(path: Path):
     from loopcli.runtime.gguf_load import architecture, config_from_gguf, open_gguf
 
     if not path.exists():
-        raise ModelError(f"model {path} does not exist; give a loopcoder .gguf file or a LoopCoder checkpoint directory")
+        raise ModelError(f"model {path} does not exist; give a loopcoder .gguf file or a LoopCoder "
+                         "checkpoint directory")
     if path.is_dir():
         cfg = load_config(path)
         if cfg.arch != PLT_ARCH:

@@ -48,7 +48,8 @@ def run(monkeypatch, capsys, *args):
 def test_json_has_every_metric_for_every_loop_from_dir_and_gguf(env, monkeypatch, capsys):
     results = []
     for model in (env["r2"], env["r2_gguf"]):
-        code, out, err = run(monkeypatch, capsys, model, "--file", env["a"], "--file", env["b"], "--ctx", "48", "--json")
+        code, out, err = run(monkeypatch, capsys, model, "--file", env["a"], "--file", env["b"],
+                             "--ctx", "48", "--json")
         assert code == 0, err
         results.append(json.loads(out))
     res = results[0]
