@@ -213,9 +213,11 @@ def write_plot(result: dict, out: Path) -> list[str]:
         elif keys[0] == "true_rank_mean":
             ax.plot(loops, values, "o-", label="mean")
             ax.plot(loops, series("true_rank_median"), "s--", label="median")
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ranks = [v for v in values + series("true_rank_median") if not math.isnan(v)]
+            if ranks and max(ranks) > 10 * min(ranks):  # a log axis only where it spans a decade
+                ax.set_yscale("log")  # (a narrower span would get no labelled tick)
+                ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.legend(fontsize=8)
         else:
             ax.plot(loops, values, "o-")
