@@ -139,6 +139,9 @@ class ChatApp(App):
         self.refresh_status()
         self._prepare()
 
+    def on_resize(self) -> None:
+        self.refresh_status()
+
     @work(thread=True, exit_on_error=False)
     def _prepare(self) -> None:
         """Toolbox, repo map and agent, built after the first screen so it comes up fast."""
@@ -376,24 +379,28 @@ class ChatApp(App):
                 self._mount(card)
             elif kind == "error":
                 self._mount(ErrorCard(entry["message"], entry.get("hint", "")))
+            elif kind == "diff":
+                self._mount(DiffView(entry["diff"]))
             elif kind == "note":
                 self._mount(Note(entry["text"]))
 
     # ---- status bar ------------------------------------------------------------------------
 
     def refresh_status(self) -> None:
+        """One line; the model's name is shortened first when the terminal is narrow."""
         backend = self.config.backend
-        window = backend.context_window
+        rate = f"{self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else "– tok/s"
+        state = "● approve? " if self._pending else "● working " if self.busy else ""
+        fixed = [f"R={_loops(backend)}",
+                 f"ctx {_short(self.context_used)}/{_short(backend.context_window)}", rate,
+                 self.mode, self.config.sandbox, self.branch or "no branch"]
         model = Path(self.config.model).name if self.config.model else "default model"
-        rate = f"{self.tokens_per_second:.1f} tok/s" if self.tokens_per_second else "– tok/s"
-        state = "  ● working" if self.busy else ""
-        if self._pending:
-            state = "  ● waiting for you"
-        parts = [f"{model} ({backend.name})", f"R={_loops(backend)}",
-                 f"ctx {_short(self.context_used)}/{_short(window)}", rate, self.mode,
-                 self.config.sandbox, self.branch or "no branch"]
-        text = Text(" │ ".join(parts), no_wrap=True, overflow="ellipsis")
-        text.append(state, style="bold")
+        model = f"{model} ({backend.name})"
+        room = self.size.width - 2 - len(state) - len(" │ ".join(fixed)) - 3
+        if len(model) > room:
+            model = model[:max(room - 1, 4)] + "…"
+        text = Text(state, style="bold", no_wrap=True, overflow="ellipsis")
+        text.append(" │ ".join([model, *fixed]))
         self.query_one(StatusBar).update(text)
 
     # ---- actions and slash commands --------------------------------------------------------
@@ -484,7 +491,11 @@ class ChatApp(App):
             diff = self.toolbox.checkpoints.diff(self.session.first_checkpoint)
         except ToolError:
             diff = ""
-        self._mount(DiffView(diff) if diff.strip() else Note("no changes in this session."))
+        if diff.strip():
+            self._mount(DiffView(diff))
+            self._keep({"kind": "diff", "diff": diff})
+        else:
+            self._mount(Note("no changes in this session."))
 
     def cmd_compact(self, arg: str) -> None:
         before, after = self.agent.compact()
@@ -532,7 +543,7 @@ def _loops(backend) -> str:
 
 
 def _short(n: int) -> str:
-    return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
 
 
 def _git_branch(repo: Path) -> str:
