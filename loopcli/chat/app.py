@@ -139,6 +139,12 @@ class ChatApp(App):
         self.refresh_status()
         self._prepare()
 
+    def on_unmount(self) -> None:
+        """Quitting mid-turn: the agent thread stops at its next callback."""
+        self._stop.set()
+        if self._pending and not self._pending[1].done():
+            self._pending[1].set_result("stop")
+
     def on_resize(self) -> None:
         self.refresh_status()
 
@@ -223,7 +229,10 @@ class ChatApp(App):
         except Exception as exc:  # noqa: BLE001 (a bug below must not take the chat down)
             result = RunResult("backend_error", f"{type(exc).__name__}: {exc}", None,
                                self.agent.steps, self.agent.tokens, 0.0, 0)
-        self.call_from_thread(self._turn_done, result)
+        try:
+            self.call_from_thread(self._turn_done, result)
+        except RuntimeError:
+            pass  # the app has quit meanwhile
 
     def _check_stop(self) -> None:
         if self._stop.is_set():
