@@ -403,11 +403,12 @@ class ChatApp(App):
         fixed = [f"R={_loops(backend)}",
                  f"ctx {_short(self.context_used)}/{_short(backend.context_window)}", rate,
                  self.mode, self.config.sandbox, self.branch or "no branch"]
-        model = Path(self.config.model).name if self.config.model else "default model"
-        model = f"{model} ({backend.name})"
+        name = Path(self.config.model).name if self.config.model else "default model"
         room = self.size.width - 2 - len(state) - len(" │ ".join(fixed)) - 3
-        if len(model) > room:
-            model = model[:max(room - 1, 4)] + "…"
+        model = f"{name} ({backend.name})"
+        if len(model) > room:  # shorten the file name, keep the backend
+            keep = room - len(backend.name) - 4
+            model = f"{name[:keep]}… ({backend.name})" if keep >= 3 else backend.name
         text = Text(state, style="bold", no_wrap=True, overflow="ellipsis")
         text.append(" │ ".join([model, *fixed]))
         self.query_one(StatusBar).update(text)
@@ -489,6 +490,7 @@ class ChatApp(App):
             message = str(exc)
         else:
             self._notes.append(f"(The user ran /undo: {message.splitlines()[0]})")
+            message = "\n".join(message.splitlines()[:2])  # what was restored, which files
         self._mount(Note(f"undo: {message}"))
         self._keep({"kind": "note", "text": f"undo: {message}"})
         self.store.save(self.session)

@@ -14,10 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from loopcli.tools import edit
-from loopcli.tools.errors import ToolError
-from loopcli.tools.toolbox import ArgumentError, Toolbox, check_arguments
-from loopcli.tools.workspace import Workspace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the tools load with the agent, after the first screen
+    from loopcli.tools.toolbox import Toolbox
+    from loopcli.tools.workspace import Workspace
 
 MODES = ("read-only", "ask", "auto-edit", "yolo")  # from strictest to loosest
 EDIT_TOOLS = ("replace", "write", "replace_symbol", "insert_after_symbol", "undo")
@@ -59,6 +60,8 @@ def tighter(a: str, b: str) -> str:
 def preview(toolbox: Toolbox, name: str, arguments) -> str:
     """What a call would do, for the approval card: an edit as the unified diff it would make
     (run on a scratch copy of the file), a command as its text."""
+    from loopcli.tools.toolbox import ArgumentError, check_arguments
+
     try:
         args = check_arguments(toolbox.tools[name], arguments)
     except (ArgumentError, KeyError) as exc:
@@ -71,6 +74,10 @@ def preview(toolbox: Toolbox, name: str, arguments) -> str:
 
 
 def _edit_diff(ws: Workspace, name: str, args: dict) -> str:
+    from loopcli.tools import edit
+    from loopcli.tools.errors import ToolError
+    from loopcli.tools.workspace import Workspace
+
     try:
         source = ws.resolve(args["path"], for_write=True)
         rel = source.relative_to(ws.root).as_posix()

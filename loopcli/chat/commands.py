@@ -14,7 +14,7 @@ COMMANDS = {
     "/diff": ("", "show every change made to the files in this session"),
     "/mode": ("[read-only|ask|auto-edit|yolo]", "show or switch the approval mode"),
     "/model": ("[name]", "show the model, or switch the served model (openai backend)"),
-    "/compact": ("", "shorten the conversation the model sees (old tool output, old steps)"),
+    "/compact": ("", "shorten what the model sees: old tool outputs become one-line stubs"),
     "/clear": ("", "start a new conversation (a new session)"),
     "/tokens": ("", "context used, tokens spent, speed of the last answer"),
     "/exit": ("", "quit (the session is saved; `loopcli chat --resume` comes back to it)"),

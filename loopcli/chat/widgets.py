@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
@@ -102,8 +104,8 @@ class ApprovalCard(Vertical, can_focus=True):
         self.border_title = f"approve {kind}?"
 
     def compose(self):
-        yield Static(Text(self.title, style="bold"))
         if self.kind == "edit":
+            yield Static(Text(self.title, style="bold"))
             yield DiffView(self.preview)
         else:
             yield Static(Text("$ " + self.preview), classes="command")
@@ -199,22 +201,19 @@ class HelpScreen(ModalScreen):
                 ("Ctrl+T", "next approval mode"), ("Ctrl+P", "command palette"),
                 ("F1", "this help"), ("Ctrl+Q", "quit"),
                 ("y / a / n", "on an approval: approve, always approve this kind, deny")]
-        text = Text()
-        text.append("Keys\n", style="bold underline")
-        for key, what in keys:
-            text.append(f"  {key:<12}", style="bold")
-            text.append(what + "\n")
-        text.append("\nCommands\n", style="bold underline")
-        for name, (arg, what) in COMMANDS.items():
-            text.append(f"  {(name + ' ' + arg).strip():<42}", style="bold")
-            text.append(what + "\n")
-        text.append("\nApproval modes\n", style="bold underline")
-        for mode, what in (("read-only", "edits and commands are refused"),
-                           ("ask", "edits and commands wait for you (default)"),
-                           ("auto-edit", "edits apply, commands wait for you"),
-                           ("yolo", "everything runs, inside the sandbox policy")):
-            text.append(f"  {mode:<12}", style="bold")
-            text.append(what + "\n")
-        text.append("\nEsc closes this screen.", style="italic")
+        modes = [("read-only", "edits and commands are refused"),
+                 ("ask", "edits and commands wait for you (default)"),
+                 ("auto-edit", "edits apply, commands wait for you"),
+                 ("yolo", "everything runs, inside the sandbox policy")]
+        commands = [(name, f"{what} {arg}".rstrip()) for name, (arg, what) in COMMANDS.items()]
+        parts = []
+        for title, rows in (("Keys", keys), ("Commands", commands), ("Approval modes", modes)):
+            table = Table.grid(padding=(0, 2))
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column()
+            for row in rows:
+                table.add_row(*map(Text, row))  # Text: "[name]" is no markup
+            parts += [Text(title, style="bold underline"), table, Text("")]
+        parts.append(Text("Esc closes this screen.", style="italic"))
         with VerticalScroll(id="help"):
-            yield Static(text)
+            yield Static(Group(*parts))
