@@ -114,7 +114,7 @@ class ChatApp(App):
         self._files: list[str] | None = None
         self._notes: list[str] = []  # told to the model with the next message
         self._query_started = 0.0
-        if config.theme:
+        if config.theme and config.theme in self.available_themes:
             self.theme = config.theme
 
     # ---- layout --------------------------------------------------------------------------
@@ -136,6 +136,9 @@ class ChatApp(App):
         else:
             self._mount(Note(f"loopcli chat in {self.config.repo.name} — session {self.session.id}. "
                              "F1 or /help for keys and commands."))
+        if self.config.theme and self.config.theme not in self.available_themes:
+            self._mount(Note(f"unknown theme {self.config.theme!r} (config chat.theme); the "
+                             f"themes are: {', '.join(sorted(self.available_themes))}"))
         self.refresh_status()
         self._prepare()
 
@@ -529,7 +532,7 @@ class ChatApp(App):
         spent = self.agent.tokens if self.agent else 0
         rate = f"{self.tokens_per_second:.1f}" if self.tokens_per_second else "–"
         self._mount(Note(f"context: {self.context_used:,} of {self.config.backend.context_window:,}"
-                         f" tokens; spent in the last turn: {spent:,}; last answer: {rate} tok/s"))
+                         f" tokens; spent since the chat started: {spent:,}; last answer: {rate} tok/s"))
 
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)

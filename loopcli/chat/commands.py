@@ -16,7 +16,7 @@ COMMANDS = {
     "/model": ("[name]", "show the model, or switch the served model (openai backend)"),
     "/compact": ("", "shorten what the model sees: old tool outputs become one-line stubs"),
     "/clear": ("", "start a new conversation (a new session)"),
-    "/tokens": ("", "context used, tokens spent, speed of the last answer"),
+    "/tokens": ("", "context used, tokens spent since start, speed of the last answer"),
     "/exit": ("", "quit (the session is saved; `loopcli chat --resume` comes back to it)"),
 }
 MAX_FILES = 20_000  # listed for @path completion

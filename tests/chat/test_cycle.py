@@ -119,6 +119,9 @@ def test_full_cycle(tmp_path, repo):
             await type_text(pilot, "where were we?")
             await wait_for(pilot, idle(app2))
             assert "Welcome back." in screen_text(app2)
+            # the changes since the session's first checkpoint: the yolo command's file
+            await type_text(pilot, "/diff")
+            assert "+++ b/out.txt" in screen_text(app2).rsplit("Welcome back.", 1)[-1]
     run(resume())
     sent = backend2.seen[0]
     assert [m["content"] for m in sent if m["role"] == "user"][:2] == ["hello", "change greet"]
