@@ -347,9 +347,7 @@ class ChatApp(App):
         finally:
             self._pending = None
             card.add_class("answered")
-            card.border_title = {"yes": f"{kind} approved", "always": f"{kind}s approved for "
-                                 "this session", "no": f"{kind} denied",
-                                 "stop": "stopped"}[future.result()]
+            card.border_title = _answered(kind, future.result())
             self.query_one(PromptInput).focus()
 
     def on_approval_card_answered(self, message: ApprovalCard.Answered) -> None:
@@ -387,7 +385,7 @@ class ChatApp(App):
             elif kind == "approval":
                 card = ApprovalCard(entry["what"], entry["title"], entry["preview"])
                 card.add_class("answered")
-                card.border_title = f"{entry['what']}: {entry['answer']}"
+                card.border_title = _answered(entry["what"], entry["answer"])
                 self._mount(card)
             elif kind == "error":
                 self._mount(ErrorCard(entry["message"], entry.get("hint", "")))
@@ -399,21 +397,38 @@ class ChatApp(App):
     # ---- status bar ------------------------------------------------------------------------
 
     def refresh_status(self) -> None:
-        """One line; the model's name is shortened first when the terminal is narrow."""
+        """One line that fits the terminal: the separators narrow first, then the model's
+        name, then the state word (its coloured dot stays)."""
         backend = self.config.backend
         rate = f"{self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else "– tok/s"
-        state = "● approve? " if self._pending else "● working " if self.busy else ""
+        word = "● approve? " if self._pending else "● working " if self.busy else ""
         fixed = [f"R={_loops(backend)}",
                  f"ctx {_short(self.context_used)}/{_short(backend.context_window)}", rate,
                  self.mode, self.config.sandbox, self.branch or "no branch"]
         name = Path(self.config.model).name if self.config.model else "default model"
-        room = self.size.width - 2 - len(state) - len(" │ ".join(fixed)) - 3
-        model = f"{name} ({backend.name})"
-        if len(model) > room:  # shorten the file name, keep the backend
-            keep = room - len(backend.name) - 4
-            model = f"{name[:keep]}… ({backend.name})" if keep >= 3 else backend.name
-        text = Text(state, style="bold", no_wrap=True, overflow="ellipsis")
-        text.append(" │ ".join([model, *fixed]))
+        width = self.size.width - 2
+        line = state = ""
+        for state in dict.fromkeys([word, "● " if word else ""]):
+            for sep in (" │ ", "│"):
+                rest = sep + sep.join(fixed)
+                room = width - len(state) - len(rest)
+                keep = room - len(backend.name) - 4
+                for model in (f"{name} ({backend.name})",
+                              f"{name[:keep]}… ({backend.name})" if keep >= 3 else "",
+                              backend.name):
+                    if model and len(model) <= room:
+                        line = model + rest
+                        break
+                if line:
+                    break
+            if line:
+                break
+        if not line:  # narrower still: cut at the end
+            line = backend.name + "│" + "│".join(fixed)
+        colour = "bold yellow" if self._pending else "bold green"
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(state, style=colour)
+        text.append(line)
         self.query_one(StatusBar).update(text)
 
     # ---- actions and slash commands --------------------------------------------------------
@@ -542,6 +557,12 @@ class ChatApp(App):
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+
+
+def _answered(kind: str, answer: str) -> str:
+    """The title of an approval card once answered."""
+    return {"yes": f"{kind} approved", "always": f"{kind} approved, and all later ones",
+            "no": f"{kind} denied", "stop": "stopped"}.get(answer, answer)
 
 
 def widgets_output_chars() -> int:
