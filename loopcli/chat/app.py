@@ -20,11 +20,11 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.widgets import Markdown, Static
+from textual.widgets import Static
 
 from loopcli.chat import approvals, commands
 from loopcli.chat.session import Session, SessionStore
-from loopcli.chat.widgets import (Answer, ApprovalCard, Conversation, DiffView, ErrorCard,
+from loopcli.chat.widgets import (ApprovalCard, Conversation, DiffView, ErrorCard,
                                   HelpScreen, Note, PromptInput, StatusBar, ToolCard,
                                   UserMessage)
 
@@ -107,7 +107,7 @@ class ChatApp(App):
         self.context_used = 0
         self._tools_ready = threading.Event()
         self._stop = threading.Event()
-        self._answer: Answer | None = None
+        self._answer = None  # the Answer being streamed
         self._stream = None
         self._streamed = ""
         self._pending: tuple[ApprovalCard, asyncio.Future] | None = None
@@ -157,6 +157,8 @@ class ChatApp(App):
         from loopcli.agent import Agent, Limits, build_system_prompt
         from loopcli.fix import make_environment
         from loopcli.tools.toolbox import Toolbox
+
+        import loopcli.chat.answer  # noqa: F401  (loaded here, not before the first screen)
 
         config = self.config
         try:
@@ -309,11 +311,13 @@ class ChatApp(App):
         self.query_one(Conversation).mount(widget)
 
     async def _append_answer(self, delta: str) -> None:
+        from loopcli.chat.answer import Answer
+
         if self._answer is None:
             self._answer = Answer()
             self._streamed = ""
             await self.query_one(Conversation).mount(self._answer)
-            self._stream = Markdown.get_stream(self._answer)
+            self._stream = Answer.get_stream(self._answer)
         self._streamed += delta
         await self._stream.write(delta)
 
@@ -374,6 +378,8 @@ class ChatApp(App):
 
     def _replay(self, transcript: list[dict]) -> None:
         """Show a resumed session's conversation as it was."""
+        from loopcli.chat.answer import Answer
+
         for entry in transcript:
             kind = entry.get("kind")
             if kind == "user":

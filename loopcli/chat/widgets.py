@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Collapsible, Markdown, Static, TextArea
+from textual.widgets import Collapsible, Static, TextArea
 
 from loopcli.chat.commands import COMMANDS
 
@@ -44,10 +44,6 @@ def diff_text(diff: str) -> Text:
 class UserMessage(Static):
     def __init__(self, text: str):
         super().__init__(Text(text), classes="user")
-
-
-class Answer(Markdown):
-    """The model's prose, streamed as markdown (code blocks highlighted)."""
 
 
 class Note(Static):
