@@ -114,6 +114,7 @@ class ChatApp(App):
         self._files: list[str] | None = None
         self._notes: list[str] = []  # told to the model with the next message
         self._query_started = 0.0
+        self._app_thread: int | None = None  # set in on_mount
         if config.theme and config.theme in self.available_themes:
             self.theme = config.theme
 
@@ -126,6 +127,7 @@ class ChatApp(App):
         yield StatusBar(id="status")
 
     def on_mount(self) -> None:
+        self._app_thread = threading.get_ident()
         prompt = self.query_one(PromptInput)
         prompt.cursor_blink = self.config.cursor_blink
         prompt.focus()
@@ -249,6 +251,13 @@ class ChatApp(App):
         self._check_stop()
         self.call_from_thread(self._append_answer, delta)
 
+    def _ui(self, callback, *args):
+        """Run `callback` on the app's thread: from the agent's thread, or directly when a
+        command on the app's thread called the agent (/compact records an event)."""
+        if threading.get_ident() == self._app_thread:
+            return callback(*args)
+        return self.call_from_thread(callback, *args)
+
     def _record(self, event: dict) -> None:
         kind = event["type"]
         if kind == "model":
@@ -256,7 +265,7 @@ class ChatApp(App):
         elif kind == "tool":
             entry = {"kind": "tool", "name": event["name"], "arguments": event["arguments"],
                      "ok": event["ok"], "output": event["output"][:widgets_output_chars()]}
-            self.call_from_thread(self._show_tool, entry)
+            self._ui(self._show_tool, entry)
             self._keep(entry)
             self._query_started = time.monotonic()
             if not self.session.first_checkpoint and self.toolbox.checkpoints.list():
@@ -264,12 +273,12 @@ class ChatApp(App):
         elif kind in ("format_error", "nudge", "compaction", "limit"):
             detail = event.get("message") or event.get("reason") or event.get("stage") \
                 or "; ".join(event.get("errors", []))[:200]
-            self.call_from_thread(self._mount, Note(f"{kind.replace('_', ' ')}: {detail}"))
+            self._ui(self._mount, Note(f"{kind.replace('_', ' ')}: {detail}"))
         if self.agent is not None:
             self.context_used = self.agent.context_tokens()
             self.session.messages = self.agent.messages
         self.store.save(self.session)
-        self.call_from_thread(self.refresh_status)
+        self._ui(self.refresh_status)
         if kind == "tool":
             self._check_stop()
 
@@ -279,7 +288,7 @@ class ChatApp(App):
         if completion and elapsed > 0:
             self.tokens_per_second = completion / elapsed
         prose = event["prose"]
-        self.call_from_thread(self._end_answer, prose)
+        self._ui(self._end_answer, prose)
         if prose.strip():
             self._keep({"kind": "answer", "text": prose})
 

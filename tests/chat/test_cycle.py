@@ -225,6 +225,25 @@ def test_prompt_history_completion_and_palette(tmp_path, repo):
             await pilot.press("ctrl+j")
             prompt.insert("lines")
             assert prompt.text == "two\nlines"
+            # the other commands, typed and from the palette
+            prompt.clear()
+            await type_text(pilot, "/model other")
+            assert "loads its model at start" in screen_text(app)
+            await type_text(pilot, "/compact")
+            assert "compacted:" in screen_text(app)
+            await type_text(pilot, "/nope")
+            assert "unknown command /nope" in screen_text(app)
+            await type_text(pilot, "/clear")
+            await pilot.pause()
+            shown = screen_text(app)
+            assert "new conversation" in shown and "/nope" not in shown
+            assert app.agent.messages == []
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*"/help")
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "Approval modes" in screen_text(app), what="help")
             titles = [c.title for c in app.get_system_commands(app.screen)]
             assert {"/help", "/undo", "/diff", "/mode", "/model", "/compact", "/clear",
                     "/tokens", "/exit"} <= set(titles)
