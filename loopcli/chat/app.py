@@ -234,7 +234,7 @@ class ChatApp(App):
         try:
             result = self.agent.ask(text)
         except Exception as exc:  # noqa: BLE001 (a bug below must not take the chat down)
-            result = RunResult("backend_error", f"{type(exc).__name__}: {exc}", None,
+            result = RunResult("chat_error", f"{type(exc).__name__}: {exc}", None,
                                self.agent.steps, self.agent.tokens, 0.0, 0)
         try:
             self.call_from_thread(self._turn_done, result)
@@ -608,6 +608,9 @@ def _git_branch(repo: Path) -> str:
 def _explain(result, config: ChatConfig) -> tuple[str, str]:
     """The error of a turn that did not end in an answer, and what the user can do."""
     message = result.message
+    if result.status == "chat_error":
+        return (f"loopcli chat failed: {message}", "This is a bug in loopcli; the session is "
+                "saved: restart with `loopcli chat --resume`, and please report it.")
     if result.status == "limit" and result.limit == "context":
         return message, "The conversation no longer fits the context: /compact, or /clear to start over."
     if result.status == "limit":

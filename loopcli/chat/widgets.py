@@ -10,6 +10,7 @@ from rich.text import Text
 from textual import events
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Collapsible, Static, TextArea
@@ -78,7 +79,7 @@ class ToolCard(Collapsible):
         shown = output if len(output) <= OUTPUT_CHARS else output[:OUTPUT_CHARS] + "\n…"
         body = DiffView(shown) if name in ("diff",) or shown.startswith("---") else \
             Static(Text(shown), classes="output")
-        super().__init__(body, title=f"{mark} {title}", collapsed=True,
+        super().__init__(body, title=escape(f"{mark} {title}"), collapsed=True,
                          classes="tool ok" if ok else "tool failed")
 
 

@@ -248,3 +248,23 @@ def test_prompt_history_completion_and_palette(tmp_path, repo):
             assert {"/help", "/undo", "/diff", "/mode", "/model", "/compact", "/clear",
                     "/tokens", "/exit"} <= set(titles)
     run(drive())
+
+
+def test_markup_and_junk_from_the_model_are_shown_as_text(tmp_path, repo):
+    nasty = "echo '[/] [bold red]x[/bold red] [link=file:///etc]y'"
+    app = ChatApp(make_config(repo, RecordingBackend(script(tmp_path, [
+        {"text": "[/] [b]not markup[/b] \x1b[31m", "tool_calls": [
+            {"name": "shell", "arguments": {"command": nasty}},
+            {"name": "replace", "arguments": "{not json"},
+            {"name": "no_such_tool", "arguments": {"path": "[/]"}}]},
+        {"text": "done [/]"}])), mode="yolo"))
+
+    async def drive():
+        async with app.run_test(size=(100, 40)) as pilot:
+            await type_text(pilot, "[/] hello [bold]")
+            await wait_for(pilot, lambda: not app.busy and "done" in screen_text(app))
+            shown = screen_text(app)
+            assert "[/] hello [bold]" in shown and "[link=file:///etc]y" in shown
+            assert "✗ no_such_tool [/]" in shown
+            assert app.is_running
+    run(drive())
