@@ -105,6 +105,7 @@ class ChatApp(App):
         self.branch = ""
         self.tokens_per_second: float | None = None
         self.context_used = 0
+        self.context_window: int | None = None  # asked in the worker: a server may be slow
         self._tools_ready = threading.Event()
         self._stop = threading.Event()
         self._answer = None  # the Answer being streamed
@@ -174,6 +175,7 @@ class ChatApp(App):
                           conversational=True)
             agent.messages = list(self.session.messages)
             self.agent = agent
+            self.context_window = config.backend.context_window
             self.context_used = agent.context_tokens() if agent.messages else 0
         except Exception as exc:  # noqa: BLE001 (shown, never a crash)
             self.call_from_thread(self._mount, ErrorCard(
@@ -418,7 +420,7 @@ class ChatApp(App):
         rate = f"{self.tokens_per_second:.0f} tok/s" if self.tokens_per_second else "– tok/s"
         word = "● approve? " if self._pending else "● working " if self.busy else ""
         fixed = [f"R={_loops(backend)}",
-                 f"ctx {_short(self.context_used)}/{_short(backend.context_window)}", rate,
+                 f"ctx {_short(self.context_used)}/{_short(self.context_window)}", rate,
                  self.mode, self.config.sandbox, self.branch or "no branch"]
         name = Path(self.config.model).name if self.config.model else "default model"
         width = self.size.width - 2
@@ -561,7 +563,8 @@ class ChatApp(App):
     def cmd_tokens(self, arg: str) -> None:
         spent = self.agent.tokens if self.agent else 0
         rate = f"{self.tokens_per_second:.1f}" if self.tokens_per_second else "–"
-        self._mount(Note(f"context: {self.context_used:,} of {self.config.backend.context_window:,}"
+        window = f"{self.context_window:,}" if self.context_window else "?"
+        self._mount(Note(f"context: {self.context_used:,} of {window}"
                          f" tokens; spent since the chat started: {spent:,}; last answer: {rate} tok/s"))
 
     def get_system_commands(self, screen):
@@ -592,7 +595,9 @@ def _loops(backend) -> str:
     return str(cfg.num_loops) if cfg is not None and hasattr(cfg, "num_loops") else "?"
 
 
-def _short(n: int) -> str:
+def _short(n: int | None) -> str:
+    if n is None:
+        return "?"
     return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
 
 

@@ -268,3 +268,20 @@ def test_markup_and_junk_from_the_model_are_shown_as_text(tmp_path, repo):
             assert "✗ no_such_tool [/]" in shown
             assert app.is_running
     run(drive())
+
+
+def test_a_server_that_is_down_is_an_error_card_not_a_crash(repo):
+    from loopcli.backends.factory import make_backend
+
+    backend = make_backend("openai", model="m", base_url="http://127.0.0.1:9/v1")
+    backend.client = backend.client.with_options(max_retries=0)
+    app = ChatApp(make_config(repo, backend, base_url="http://127.0.0.1:9/v1"))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await type_text(pilot, "hello")
+            await wait_for(pilot, lambda: app.query(ErrorCard), timeout=30)
+            shown = screen_text(app)
+            assert "Is the server at http://127.0.0.1:9/v1 running" in shown
+            assert app.is_running and not app.busy
+    run(drive())
