@@ -208,6 +208,9 @@ class ChatApp(App):
         if self._files is None and "@" in prompt.text:
             self._files = commands.repo_files(self.config.repo)
         text, shown = commands.complete(prompt.text, self._files or [])
+        if text == prompt.text and not shown and self._pending:
+            self._pending[0].focus()  # Tab with nothing to complete: back to the approval
+            return
         if text != prompt.text:
             prompt.load_text(text)
             prompt.move_cursor(prompt.document.end)

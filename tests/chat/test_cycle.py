@@ -285,3 +285,19 @@ def test_a_server_that_is_down_is_an_error_card_not_a_crash(repo):
             assert "Is the server at http://127.0.0.1:9/v1 running" in shown
             assert app.is_running and not app.busy
     run(drive())
+
+
+def test_tab_goes_back_to_a_pending_approval(tmp_path, repo):
+    app = ChatApp(make_config(repo, RecordingBackend(script(tmp_path, [{"tool_calls": [RM]}]))))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await type_text(pilot, "delete")
+            await wait_for(pilot, lambda: app._pending is not None)
+            app.query_one(PromptInput).focus()
+            await pilot.press("tab")
+            assert app.focused is app._pending[0]
+            await pilot.press("n")
+            await wait_for(pilot, lambda: not app.busy)
+            assert (repo / "app.py").exists()
+    run(drive())

@@ -191,3 +191,31 @@ def test_bare_loopcli_outside_a_terminal_prints_the_help(tmp_path):
     out = subprocess.run([sys.executable, "-m", "loopcli"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "chat" in out.stdout and "Usage" in out.stdout
+
+
+def test_errors_say_what_to_do():
+    from types import SimpleNamespace
+
+    from loopcli.agent import RunResult
+    from loopcli.chat.app import _explain
+
+    def explain(status, message, limit=None, backend="openai"):
+        config = SimpleNamespace(backend=SimpleNamespace(name=backend),
+                                 base_url="http://h:1/v1")
+        return _explain(RunResult(status, message, limit, 1, 1, 0.0, 0), config)[1]
+    assert "/compact" in explain("limit", "too long", "context")
+    assert "go on" in explain("limit", "step limit of 50 reached", "steps")
+    assert "/compact" in explain("backend_error", "the context length is exceeded")
+    assert "http://h:1/v1" in explain("backend_error", "connection refused")
+    assert "--model" in explain("backend_error", "boom", backend="local")
+    assert "report" in explain("chat_error", "KeyError: x")
+
+
+def test_resume_refuses_a_session_of_another_repository(tmp_path, repo):
+    store = SessionStore()
+    session = store.new(tmp_path, "ask")
+    store.save(session)
+    turns = script(tmp_path, [])
+    with pytest.raises(FixError, match="belongs to"):
+        prepare(repo, "scripted", str(turns), None, None, 5, None, session.id,
+                SandboxSettings())
