@@ -238,12 +238,15 @@ def test_prompt_history_completion_and_palette(tmp_path, repo):
             shown = screen_text(app)
             assert "new conversation" in shown and "/nope" not in shown
             assert app.agent.messages == []
+            from textual.command import CommandPalette
+
             await pilot.press("ctrl+p")
-            await pilot.pause()
+            await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
             await pilot.press(*"/help")
             await pilot.pause(0.3)
             await pilot.press("enter")
             await wait_for(pilot, lambda: "Approval modes" in screen_text(app), what="help")
+            assert prompt.text == "" and prompt.sent[-1] == "/clear"  # not typed in the prompt
             titles = [c.title for c in app.get_system_commands(app.screen)]
             assert {"/help", "/undo", "/diff", "/mode", "/model", "/compact", "/clear",
                     "/tokens", "/exit"} <= set(titles)
