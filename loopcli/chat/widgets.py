@@ -193,7 +193,7 @@ class HelpScreen(ModalScreen):
     def compose(self):
         keys = [("Enter", "send the message"), ("Ctrl+J", "new line (also Shift+Enter, Alt+Enter)"),
                 ("Up / Down", "history (at the first / last line)"),
-                ("Tab", "complete /commands and @file paths"),
+                ("Tab", "complete /commands and @file paths; else back to an approval"),
                 ("Ctrl+C", "stop the answer or tool under way (does not quit)"),
                 ("Ctrl+T", "next approval mode"), ("Ctrl+P", "command palette"),
                 ("F1", "this help"), ("Ctrl+Q", "quit"),
