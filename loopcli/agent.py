@@ -69,6 +69,16 @@ class ModelFailed(AgentExit):
     status = "backend_error"
 
 
+class Answered(AgentExit):
+    """Chat only: the model replied without a tool call, which ends the user's turn."""
+    status = "answered"
+
+
+class Stopped(AgentExit):
+    """The user stopped the turn (Ctrl+C in the chat)."""
+    status = "stopped"
+
+
 class FormatError(Exception):
     """A reply whose tool calls could not be read; the message is sent back to the model."""
 
@@ -93,18 +103,24 @@ class RunResult:
 
 Record = Callable[[dict], None]
 Verify = Callable[[], "tuple[bool, str]"]  # (passed, what to tell the model when not)
+# Asked before each tool call: None runs it, a string is sent back to the model instead.
+Approve = Callable[[ToolCall], "str | None"]
 
 
 class Agent:
     def __init__(self, backend: Backend, toolbox: Toolbox, system_prompt: str, *,
                  limits: Limits | None = None, record: Record | None = None,
-                 verify: Verify | None = None):
+                 verify: Verify | None = None, on_text: Callable[[str], None] | None = None,
+                 approve: Approve | None = None, conversational: bool = False):
         self.backend = backend
         self.toolbox = toolbox
         self.system_prompt = system_prompt
         self.limits = limits or Limits()
         self.record = record or (lambda event: None)
         self.verify = verify
+        self.on_text = on_text  # each text delta as it streams (the chat shows them live)
+        self.approve = approve
+        self.conversational = conversational  # a reply without a tool call ends the turn
         self.tools = toolbox.schemas() + [prompts.FINISH_SCHEMA]
         self.tool_names = {t["function"]["name"] for t in self.tools}
         self.messages: list[dict] = []
@@ -123,6 +139,21 @@ class Agent:
     def run(self, task: str) -> RunResult:
         self.messages = [{"role": "system", "content": self.system_prompt},
                          {"role": "user", "content": task}]
+        self._start = time.monotonic()
+        while True:
+            try:
+                self.step()
+            except AgentExit as exc:
+                return self._result(exc)
+
+    def ask(self, text: str) -> RunResult:
+        """Chat: one user turn on top of the conversation so far, run until the model answers
+        without a tool call, calls finish, or a limit is hit (limits count per turn)."""
+        if not self.messages:
+            self.messages = [{"role": "system", "content": self.system_prompt}]
+        self.messages.append({"role": "user", "content": text})
+        self.steps = 0
+        self._format_errors = 0
         self._start = time.monotonic()
         while True:
             try:
@@ -149,8 +180,11 @@ class Agent:
         """One model call; returns the reply and the prompt's size in tokens."""
         context = self.context_tokens()
         try:
-            reply = collect(self.backend.stream(self.messages, self.tools), on_progress=lambda p: self.emit(
+            reply = collect(self.backend.stream(self.messages, self.tools), on_text=self.on_text,
+                            on_progress=lambda p: self.emit(
                 "progress", stage=p.stage, done=p.done, total=p.total))
+        except AgentExit:  # raised by on_text: the user stopped the reply
+            raise
         except BackendError as exc:
             self.emit("error", message=str(exc))
             raise ModelFailed(f"{self.backend.name} backend failed: {exc}") from exc
@@ -183,6 +217,8 @@ class Agent:
             self.messages.append({"role": "assistant", "content": reply.text})
             if errors:
                 raise FormatError(prompts.format_error(errors))
+            if self.conversational:
+                raise Answered(prose)
             cut = " Your reply was cut off at the output limit: keep replies shorter." \
                 if reply.finish_reason == "length" else ""
             raise FormatError(prompts.NO_TOOL_CALL + cut)
@@ -206,7 +242,10 @@ class Agent:
     def _execute(self, call: ToolCall) -> None:
         self._check_repeat(call)
         started = time.monotonic()
-        if call.name == "finish":
+        denied = self.approve(call) if self.approve and call.name != "finish" else None
+        if denied is not None:
+            output, ok = denied, False
+        elif call.name == "finish":
             output, ok = self._finish(call)
         else:
             result = self.toolbox.call(call.name, self._within_time(call))
@@ -306,6 +345,14 @@ class Agent:
         if summarised > budget:
             self._limit("context", f"the conversation needs {summarised:,} tokens even after "
                                    f"compaction; the context window allows {budget:,}")
+
+    def compact(self) -> tuple[int, int]:
+        """Chat's /compact: stub the outputs of old tool calls now; (tokens before, after)."""
+        before = self.context_tokens()
+        self._stub_old_outputs()
+        after = self.context_tokens()
+        self.emit("compaction", stage="stub_outputs", tokens_before=before, tokens_after=after)
+        return before, after
 
     def _last_assistant(self) -> int:
         return max((i for i, m in enumerate(self.messages) if m["role"] == "assistant"),

@@ -21,10 +21,15 @@ from loopcli.tools.errors import ToolError
 USER_ERRORS = (ModelError, ToolError, FixError, ConfigError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, prog_name="loopcli")
-def cli() -> None:
-    """A local coding assistant for LoopCoder-V2 (parallel loop transformer) models."""
+@click.pass_context
+def cli(ctx) -> None:
+    """A local coding assistant for LoopCoder-V2 (parallel loop transformer) models.
+
+    Run without a command inside a git repository, it opens the chat (`loopcli chat`)."""
+    if ctx.invoked_subcommand is None:
+        _bare(ctx)
 
 
 @cli.command()
@@ -518,6 +523,55 @@ def _eval_backends(kind, model, base_url, ctx):
         backend.context_window = ctx
         return backend
     return with_ctx
+
+
+def _bare(ctx) -> None:
+    """Bare `loopcli`: the chat inside a git repository, the help elsewhere."""
+    import subprocess
+
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True,
+                            text=True).stdout.strip() == "true"
+    if inside and sys.stdin.isatty() and sys.stdout.isatty():
+        ctx.invoke(chat)
+    else:
+        click.echo(ctx.get_help())
+
+
+@cli.command()
+@click.option("--repo", type=click.Path(path_type=Path), default=".", show_default=True,
+              help="The repository to work in.")
+@_backend_options
+@click.option("--mode", type=click.Choice(["read-only", "ask", "auto-edit", "yolo"]),
+              help="Approval mode at start (default ask; config chat.mode); Ctrl+T or /mode "
+                   "switches it any time.")
+@click.option("--resume", is_flag=False, flag_value="last", default=None, metavar="[ID]",
+              help="Continue the last session of this repository, or session ID.")
+@_sandbox_options
+def chat(repo, backend, model, base_url, max_steps, ctx, mode, resume, sandbox_policy, network):
+    """Chat with the model about a repository, in a terminal app (docs/chat.md).
+
+    Defaults for --backend, --model, --base-url, --mode and the theme come from the [chat]
+    table of ~/.config/loopcli/config.toml."""
+    from rich.console import Console
+
+    from loopcli.backends.base import BackendError
+    from loopcli.chat.launch import prepare
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    root = Path(repo).resolve()
+    if not root.is_dir():
+        raise FixError(f"repository {repo} is not a directory; give --repo DIR")
+    sandbox = _sandbox(root, sandbox_policy, network, console)
+    source = click.get_current_context().get_parameter_source("backend")
+    chosen = None if source in (None, click.core.ParameterSource.DEFAULT) else backend
+    try:
+        config = prepare(root, chosen, model, base_url, ctx, max_steps, mode, resume, sandbox)
+    except BackendError as exc:
+        console.print(f"error: the model backend failed: {exc}", markup=False)
+        sys.exit(3)
+    from loopcli.chat.app import ChatApp
+
+    ChatApp(config).run()
 
 
 def main() -> None:

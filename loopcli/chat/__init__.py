@@ -1,0 +1,1 @@
+"""`loopcli chat`: the Textual terminal app around the agent loop (see docs/chat.md)."""
