@@ -30,7 +30,7 @@ def flash_attention_torch(q, q_pos, k, v, k_pos=None, k2=None, v2=None, k2_pos=N
         k_pos = torch.cat([k_pos, torch.arange(k2.shape[1], device=q.device) if k2_pos is None else k2_pos])
     g = nh // k.shape[0]
     k = k.to(q.dtype).repeat_interleave(g, 0)
-    v = v.to(q.dtype).repeat_interleave(g, 0)
+    v = v.to(q.dtype).masked_fill((k_pos < 0)[:, None], 0.0).repeat_interleave(g, 0)  # empty slots
     s = (q.float() @ k.float().transpose(1, 2)) * hd ** -0.5
     vis = _mask(q_pos.long(), k_pos.long(), window)
     p = torch.softmax(s.masked_fill(~vis, float("-inf")), -1).nan_to_num(0.0)  # no key: zeros
@@ -57,7 +57,8 @@ def _source(acc, m, l, q, q_pos, k_ptr, v_ptr, pos_ptr, S, kvh, stride_kh, strid
         else:
             kp = tl.load(pos_ptr + offs_s, mask=inb, other=-1)
         k = tl.load(k_ptr + kvh * stride_kh + offs_s[:, None] * stride_ks + offs_d[None, :], mask=inb[:, None], other=0.0)
-        v = tl.load(v_ptr + kvh * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :], mask=inb[:, None], other=0.0)
+        v = tl.load(v_ptr + kvh * stride_vh + offs_s[:, None] * stride_vs + offs_d[None, :],
+                    mask=(kp >= 0)[:, None], other=0.0)  # empty slots may hold anything
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * scale
         vis = (kp[None, :] >= 0) & (kp[None, :] <= q_pos[:, None])
         if HAS_WINDOW:

@@ -19,8 +19,10 @@ from ._triton import cdiv, jit, next_pow2, tl, triton_ok
 
 
 def _attend(q, k, v, vis):
+    """vis [1, S]: the keys every query row sees (their values only are read)."""
     s = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    return torch.softmax(s.masked_fill(~vis, float("-inf")), -1) @ v.float()
+    v = v.float().masked_fill(~vis[0, :, None], 0.0)
+    return torch.softmax(s.masked_fill(~vis, float("-inf")), -1) @ v
 
 
 def ring_positions(t: int, ring: int, device=None) -> torch.Tensor:
@@ -125,7 +127,7 @@ def _merge_kernel(q_ptr, rk_ptr, rv_ptr, gate_ptr, len_ptr, pacc_ptr, pml_ptr, y
         rb = (r - 1) * stride_rr + kvh * stride_rh
         vb = (r - 1) * stride_vr + kvh * stride_vh
         k = tl.load(rk_ptr + rb + slots[:, None] * stride_rs + offs_d[None, :], mask=sin[:, None], other=0.0)
-        v = tl.load(rv_ptr + vb + slots[:, None] * stride_vs + offs_d[None, :], mask=sin[:, None], other=0.0)
+        v = tl.load(rv_ptr + vb + slots[:, None] * stride_vs + offs_d[None, :], mask=vis[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * scale
         s = tl.where(vis[None, :], s, float("-inf"))
         mx = tl.max(s, 1)

@@ -15,7 +15,7 @@ no tensor-core padding; split-K when the rows alone give too few programs) and p
 
 import torch
 
-from ._triton import cdiv, jit, next_pow2, tl, triton_ok
+from ._triton import cdiv, interpreting, jit, next_pow2, tl, triton_ok
 
 # GGML type ids (gguf.GGMLQuantizationType) -> (values per block, bytes per block)
 F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 8, 12, 13, 14, 30
@@ -188,10 +188,11 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
         x2 = x2.contiguous()
     M, N = x2.shape[0], data.shape[0]
     decode = M <= DECODE_ROWS
+    big = 2 if interpreting() else 1  # the interpreter pays per program and op, not per value
     if decode:
-        BM, BN, BK, warps = max(1, next_pow2(M)), 32, 128, 4
+        BM, BN, BK, warps = max(1, next_pow2(M)), 32 * big, 128 * big, 4
     else:
-        BM, BN, BK, warps = 64, 64, 64, 4
+        BM, BN, BK, warps = 64, 64, 64 * big, 4
     grid_mn = cdiv(M, BM) * cdiv(N, BN)
     if split_k is None:  # enough programs to keep every SM reading; each split >= 4 K-tiles
         split_k = max(1, min(cdiv(2 * _sm_count(x.device), grid_mn), K // (4 * BK))) if decode else 1
