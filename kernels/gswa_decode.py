@@ -157,6 +157,7 @@ def gswa_decode(q, k0, v0, length, ring_k=None, ring_v=None, gate=None, splits=N
         length = torch.tensor([int(length)], dtype=torch.int32, device=q.device)
     splits = splits or default_splits(cap, nkv, q.device)
     q = q if q.stride(-1) == 1 else q.contiguous()
+    gate = gate.contiguous() if gate is not None else None
     BQ = max(16, next_pow2(R * G))
     pacc = torch.empty(nkv * splits * BQ, hd, dtype=torch.float32, device=q.device)
     pml = torch.empty(nkv * splits * BQ, 2, dtype=torch.float32, device=q.device)

@@ -188,11 +188,12 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
         x2 = x2.contiguous()
     M, N = x2.shape[0], data.shape[0]
     decode = M <= DECODE_ROWS
-    big = 2 if interpreting() else 1  # the interpreter pays per program and op, not per value
     if decode:
-        BM, BN, BK, warps = max(1, next_pow2(M)), 32 * big, 128 * big, 4
+        BM, BN, BK, warps = max(1, next_pow2(M)), 32, 128, 4
     else:
-        BM, BN, BK, warps = 64, 64, 64 * big, 4
+        BM, BN, BK, warps = 64, 64, 64, 4
+    if interpreting():  # the interpreter pays per program and per op, hardly per value
+        BN, BK = min(256, max(BN, next_pow2(N))), 256
     grid_mn = cdiv(M, BM) * cdiv(N, BN)
     if split_k is None:  # enough programs to keep every SM reading; each split >= 4 K-tiles
         split_k = max(1, min(cdiv(2 * _sm_count(x.device), grid_mn), K // (4 * BK))) if decode else 1

@@ -7,7 +7,8 @@ from ._triton import jit, next_pow2, tl, triton_ok
 
 
 def rope_torch(x, cos, sin, interleaved=False):
-    """x [S, heads, hd], cos/sin [S, hd/2] -> rotated x (new tensor, x's dtype)."""
+    """x [S, heads, hd], cos/sin [S, hd/2] (or [1, hd/2]: one position for all S rows)
+    -> rotated x (new tensor, x's dtype)."""
     c, s = cos[:, None, :], sin[:, None, :]
     if interleaved:
         a, b = x[..., 0::2], x[..., 1::2]
@@ -44,7 +45,7 @@ def rope(x, cos, sin, interleaved=False):
     if not triton_ok(x) or hd != next_pow2(hd) or hd < 2:
         return rope_torch(x, cos, sin, interleaved)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    cos, sin = cos.contiguous(), sin.contiguous()
+    cos, sin = cos.expand(S, hd // 2).contiguous(), sin.expand(S, hd // 2).contiguous()  # one row: all positions
     y = torch.empty(S, nh, hd, dtype=x.dtype, device=x.device)
     BH = min(16, next_pow2(nh))
     _rope_kernel[(S, -(-nh // BH))](x, cos, sin, y, nh, x.stride(0), x.stride(1), y.stride(0), y.stride(1),

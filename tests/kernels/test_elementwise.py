@@ -39,6 +39,13 @@ def test_rope_both_layouts(interleaved, heads, hd):
                                rope_torch(qkv[:, :heads], ang.cos(), ang.sin(), interleaved), rtol=0, atol=1e-6)
 
 
+def test_rope_one_position_for_every_row():
+    """Decode: the R rows of one step share a position."""
+    x = randn(3, 4, 16, seed=6)
+    ang = randn(1, 8, seed=7)
+    torch.testing.assert_close(rope(x, ang.cos(), ang.sin()), rope_torch(x, ang.cos(), ang.sin()), rtol=0, atol=1e-6)
+
+
 def test_rope_layouts_differ_by_a_permutation():
     """interleaved(x) == P^-1 neox(P x) with P the even-then-odd reordering of a head."""
     x = randn(3, 2, 16, seed=4)
