@@ -194,6 +194,7 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
         BM, BN, BK, warps = 64, 64, 64, 4
     if interpreting():  # the interpreter pays per program and per op, hardly per value
         BN, BK = min(256, max(BN, next_pow2(N))), 256
+        BM = BM if decode else 256
     grid_mn = cdiv(M, BM) * cdiv(N, BN)
     if split_k is None:  # enough programs to keep every SM reading; each split >= 4 K-tiles
         split_k = max(1, min(cdiv(2 * _sm_count(x.device), grid_mn), K // (4 * BK))) if decode else 1

@@ -38,10 +38,11 @@ def test_kernel_reads_every_weight_byte_for_byte(t):
     dequantization is compared value by value (bit-exact in the interpreter)."""
     K = cols_for(t)
     data, floats = weight(t, 40, K, seed=1)
-    for lo, m in ((0, 5), (K - 67, 67)):  # the decode kernel (5 rows) and the GEMM (67 rows)
-        eye = torch.eye(K, device=DEVICE)[lo:lo + m]
+    spread = torch.tensor([0, 17, 33, 70, 130, 201, 263, K - 1], device=DEVICE)  # every sub-block kind
+    for cols in (torch.arange(K, device=DEVICE), spread):  # the GEMM (all K values), the decode kernel (8 rows)
+        eye = torch.eye(K, device=DEVICE)[cols]
         got = Q.qmatmul(eye, data, t)
-        want = floats[:, lo:lo + m].T
+        want = floats[:, cols].T
         if EXACT:
             assert torch.equal(got, want)
         else:
