@@ -188,8 +188,9 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
         x2 = x2.contiguous()
     M, N = x2.shape[0], data.shape[0]
     decode = M <= DECODE_ROWS
-    if decode:
-        BM, BN, BK, warps = max(1, next_pow2(M)), 32, 128, 4
+    if decode:  # the [BM, BN, BK] product stays at 8K values: no register spill at any row count
+        BM = max(1, next_pow2(M))
+        BN, BK, warps = 32, max(32, 256 // BM), 4
     else:
         BM, BN, BK, warps = 64, 64, 64, 4
     if interpreting():  # the interpreter pays per program and per op, hardly per value

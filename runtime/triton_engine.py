@@ -183,9 +183,22 @@ class TritonEngine(Engine):
         return st.last_logits
 
     def _capture(self):
-        dev = self.device
-        tok = torch.zeros(1, dtype=torch.long, device=dev)
-        pos = torch.zeros(1, dtype=torch.long, device=dev)
+        """Warm up on a side stream (lazy initialisations must not happen while capturing) by
+        running the last step again, with the state it touches put back; then capture."""
+        st, dev = self.state, self.device
+        t = st.length - 1
+        tok = torch.full((1,), st.tokens[-1], dtype=torch.long, device=dev)
+        pos = torch.full((1,), t, dtype=torch.long, device=dev)
+        kept = [st.ring_k.clone(), st.ring_v.clone(), st.carries.clone(), st.k0[:, :, t].clone(), st.v0[:, :, t].clone()]
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        try:
+            with torch.cuda.stream(side):
+                qmatmul.linear(self._decode(tok, pos), self.lm_head)
+        finally:
+            torch.cuda.current_stream(dev).wait_stream(side)
+            for dst, src in zip([st.ring_k, st.ring_v, st.carries, st.k0[:, :, t], st.v0[:, :, t]], kept):
+                dst.copy_(src)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # records only: the state is not touched now
             out = qmatmul.linear(self._decode(tok, pos), self.lm_head)
