@@ -261,6 +261,8 @@ class Engine:
 
     def _weight(self, parts: list[Raw], packed: bool):
         """Row blocks that act as one weight, in the form this engine multiplies from."""
+        if len(parts) == 1:
+            return qmatmul.pack(parts[0].ggml_type, parts[0].data, parts[0].cols, self.device, packed)
         return _stack_raw(parts, self.device, packed)
 
     @property
