@@ -236,7 +236,7 @@ class Engine:
         opt = lambda n: vec(n) if n in raw else None
         embed = raw.pop("model.embed_tokens.weight")
         head = raw.pop("lm_head.weight", None) or embed
-        self.lm_head = qmatmul.pack(head.ggml_type, head.data, head.cols, dev, packed)
+        self.lm_head = self._weight([head], packed)
         self.embed = RowTable(Raw(embed.ggml_type, embed.data.to(dev), embed.cols))
         self.norm = vec("model.norm.weight")
         self.layers: list[Layer] = []
@@ -246,18 +246,24 @@ class Engine:
             biases = [opt(a + f"{x}_proj.bias") for x in "qkv"]
             layer = Layer(
                 attn_norm=vec(p + "input_layernorm.weight"),
-                qkv=_stack_raw([raw.pop(a + f"{x}_proj.weight") for x in "qkv"], dev, packed),
+                qkv=self._weight([raw.pop(a + f"{x}_proj.weight") for x in "qkv"], packed),
                 qkv_bias=torch.cat(biases) if biases[0] is not None else None,
-                wo=_stack_raw([raw.pop(a + "o_proj.weight")], dev, packed),
+                wo=self._weight([raw.pop(a + "o_proj.weight")], packed),
                 ffn_norm=vec(p + "post_attention_layernorm.weight"),
-                gate_up=_stack_raw([raw.pop(p + "mlp.gate_proj.weight"), raw.pop(p + "mlp.up_proj.weight")], dev, packed),
-                down=_stack_raw([raw.pop(p + "mlp.down_proj.weight")], dev, packed),
+                gate_up=self._weight([raw.pop(p + "mlp.gate_proj.weight"), raw.pop(p + "mlp.up_proj.weight")], packed),
+                down=self._weight([raw.pop(p + "mlp.down_proj.weight")], packed),
             )
             if cfg.is_plt:
                 layer.gate_w = raw.pop(a + "plt_gate.weight").floats().to(dev, dt)
                 layer.gate_b = vec(a + "plt_gate.bias")
                 layer.gate_norm = opt(a + "plt_gate.gate_norm.weight")
             self.layers.append(layer)
+
+    def _weight(self, parts: list[Raw], packed: bool):
+        """Row blocks that act as one weight, in the form this engine multiplies from."""
+        if len(parts) == 1:
+            return qmatmul.pack(parts[0].ggml_type, parts[0].data, parts[0].cols, self.device, packed)
+        return _stack_raw(parts, self.device, packed)
 
     @property
     def weight_bytes(self) -> int:
@@ -551,18 +557,45 @@ class Engine:
 
 def load(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
          kv_dtype: torch.dtype = torch.float16, max_context: int | None = None,
-         threads: int | None = None, packed: bool = True) -> Engine:
-    """An Engine for a GGUF file (loopcoder, llama, qwen2) or an HF checkpoint directory."""
+         threads: int | None = None, packed: bool = True, kernels: str | None = None) -> Engine:
+    """An Engine for a GGUF file (loopcoder, llama, qwen2) or an HF checkpoint directory.
+
+    `kernels`: "triton" (the default on CUDA when Triton is installed), "torch" (the default
+    elsewhere), or None for that default; the LOOPCLI_KERNELS variable sets it too.
+    """
     torch.set_num_threads(threads or default_threads())
     p = Path(path)
     if p.suffix == ".gguf" or p.is_file():
         cfg, raw = _gguf_raw(p)
     else:
         cfg, raw = _checkpoint_raw(p)
-    engine = Engine(cfg, raw, device, dtype, kv_dtype, max_context, packed, source=str(p))
+    engine = engine_class(device, kernels)(cfg, raw, device, dtype, kv_dtype, max_context, packed, source=str(p))
     del raw
     _return_freed_memory()
     return engine
+
+
+def engine_class(device, kernels: str | None = None) -> type[Engine]:
+    """The one place where ops are chosen by device: Triton kernels on CUDA (when installed),
+    torch elsewhere. Forcing "triton" on CPU tensors needs Triton's interpreter."""
+    from loopcli.kernels import HAVE_TRITON, interpreting  # no kernel is compiled by this import
+
+    kernels = kernels or os.environ.get("LOOPCLI_KERNELS") or None
+    if kernels not in (None, "triton", "torch"):
+        raise ModelError(f"kernels must be 'triton' or 'torch', not {kernels!r}")
+    on_cuda = torch.device(device).type == "cuda"
+    if kernels is None:
+        kernels = "triton" if on_cuda and HAVE_TRITON else "torch"
+    if kernels == "torch":
+        return Engine
+    if not HAVE_TRITON:
+        raise ModelError("the Triton kernels need the triton package: pip install triton")
+    if not on_cuda and not interpreting():
+        raise ModelError("the Triton kernels run on CUDA, or on the CPU under TRITON_INTERPRET=1 "
+                         "(set in the environment before loopcli starts)")
+    from .triton_engine import TritonEngine
+
+    return TritonEngine
 
 
 def _return_freed_memory() -> None:

@@ -1,0 +1,205 @@
+"""The engine on the Triton kernels (kernels/): what `load` picks on CUDA.
+
+Same state, same semantics as `Engine` (engine.py); only where the work runs differs:
+weights stay as their GGUF bytes on the device and every matmul reads them directly
+(`kernels.qmatmul`); norms, RoPE and SwiGLU are fused kernels; prefill attention is flash
+attention over the loop-0 cache (global) and over ring + chunk (local); a decode step's
+attention is the G-SWA kernel pair, one launch for all R rows. On CUDA the whole decode step
+(embedding to logits) is captured once as a CUDA graph and replayed: its position comes from
+a device tensor, so one graph serves every step until the cache is reallocated.
+
+Formats the kernels do not read (Q4_1, Q5_0, Q5_1) keep the torch path of `qmatmul`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loopcli.kernels import flash_attention as fa
+from loopcli.kernels import gswa_decode as gd
+from loopcli.kernels import qmatmul as kq
+from loopcli.kernels.rms_norm import rms_norm
+from loopcli.kernels.rope import rope
+from loopcli.kernels.swiglu import swiglu
+
+from . import qmatmul
+from .engine import Engine, Layer, Raw, Stacked
+
+
+class GGUFWeight:
+    """A weight kept as its GGUF bytes on the device, multiplied by `kernels.qmatmul`."""
+
+    def __init__(self, ggml_type: int, data: torch.Tensor, cols: int):
+        self.ggml_type, self.data = ggml_type, data
+        self.rows, self.cols = data.shape[0], cols
+
+    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
+        return kq.qmatmul(x, self.data, self.ggml_type)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+class TritonEngine(Engine):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.graphs = self.device.type == "cuda"  # capture the decode step
+        self._graph = None  # (key, graph, static token, static position, static logits)
+
+    def _weight(self, parts: list[Raw], packed: bool):
+        one = lambda p: (GGUFWeight(p.ggml_type, p.data.to(self.device), p.cols) if p.ggml_type in kq.TYPES
+                         else qmatmul.pack(p.ggml_type, p.data, p.cols, self.device, packed))
+        if all(p.ggml_type == parts[0].ggml_type for p in parts) and parts[0].ggml_type in kq.TYPES:
+            return GGUFWeight(parts[0].ggml_type, torch.cat([p.data for p in parts]).to(self.device), parts[0].cols)
+        return one(parts[0]) if len(parts) == 1 else Stacked([one(p) for p in parts])
+
+    # ------------------------------------------------------------------ forward pieces
+    def _project(self, layer: Layer, x: torch.Tensor, cos, sin, tiles: bool):
+        cfg = self.cfg
+        a = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+        qkv = qmatmul.linear(a, layer.qkv, layer.qkv_bias)
+        S, nh, nkv, hd = x.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qkv = qkv.view(S, nh + 2 * nkv, hd)
+        half = hd // 2
+        qk = rope(qkv[:, :nh + nkv], cos[:, :half], sin[:, :half])  # one launch for q and k
+        return qk[:, :nh].transpose(0, 1), qk[:, nh:].transpose(0, 1), qkv[:, nh + nkv:].transpose(0, 1)
+
+    def _finish(self, layer: Layer, x: torch.Tensor, y: torch.Tensor, tiles: bool) -> torch.Tensor:
+        attn = qmatmul.linear(y.transpose(0, 1).flatten(-2), layer.wo)
+        a, h = rms_norm(attn, layer.ffn_norm, self.cfg.rms_norm_eps, residual=x)
+        return h + qmatmul.linear(swiglu(qmatmul.linear(a, layer.gate_up)), layer.down)
+
+    def _final_norm(self, U: torch.Tensor) -> torch.Tensor:
+        eps = self.cfg.rms_norm_eps
+        if self.cfg.normalize_per_loop:
+            return rms_norm(U, self.norm, eps)
+        return torch.cat([U[:-1], rms_norm(U[-1:], self.norm, eps)])
+
+    def _prefill_chunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """Engine._prefill_chunk with flash attention (same state updates)."""
+        cfg, st = self.cfg, self.state
+        S, p = ids.shape[0], st.length
+        self._reserve(S)
+        pos = torch.arange(p, p + S, device=self.device)
+        E = self.embed(ids).to(self.dtype)
+        cos, sin = self._rope(pos)
+        ring = cfg.window + 1
+        if cfg.num_loops > 1:
+            ring_pos = gd.ring_positions(p - 1, ring, self.device)
+            keep = min(S, ring)
+            new_slots = torch.remainder(pos[S - keep:], ring)
+        h_hat = None
+        for r in range(cfg.num_loops):
+            if r == 0:
+                h = E
+            else:
+                shifted = torch.cat([st.carries[r - 1:r], h_hat[:-1]])
+                st.carries[r - 1] = h_hat[-1]
+                h = cfg.emb_scale * E + cfg.hidden_scale * shifted
+            for i, layer in enumerate(self.layers):
+                q, k, v = self._project(layer, h, cos, sin, tiles=True)
+                if r == 0:
+                    st.k0[i, :, p:p + S] = k.to(self.kv_dtype)
+                    st.v0[i, :, p:p + S] = v.to(self.kv_dtype)
+                y = fa.flash_attention(q, pos, st.k0[i, :, :p + S], st.v0[i, :, :p + S])
+                if r > 0:
+                    rk, rv = st.ring_k[r - 1, i], st.ring_v[r - 1, i]
+                    y_loc = fa.flash_attention(q, pos, rk, rv, ring_pos, k.to(self.kv_dtype), v.to(self.kv_dtype), pos,
+                                               window=cfg.window)
+                    rk[:, new_slots] = k[:, S - keep:].to(self.kv_dtype)
+                    rv[:, new_slots] = v[:, S - keep:].to(self.kv_dtype)
+                    y = torch.lerp(y_loc, y, self._gate(layer, h, q))
+                h = self._finish(layer, h, y, tiles=True)
+            last = r == cfg.num_loops - 1
+            h_hat = rms_norm(h, self.norm, cfg.rms_norm_eps) if (last or cfg.normalize_per_loop) else h
+        st.tokens.extend(ids.tolist())
+        return h_hat
+
+    def _decode(self, token: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One fused CLP step on device tensors only (token int64 [1], position int64 [1]):
+        no host sync, so it can be captured. Returns the last row's h_hat [H]."""
+        cfg, st = self.cfg, self.state
+        R = cfg.num_loops
+        e = self.embed(token).to(self.dtype)
+        U = torch.cat([e, cfg.emb_scale * e + cfg.hidden_scale * st.carries]) if R > 1 else e
+        cos, sin = self._rope(t)
+        length = (t + 1).to(torch.int32)
+        slot = torch.remainder(t, cfg.window + 1)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, U, cos, sin, tiles=False)  # q [nh, R, hd]
+            st.k0[i].index_copy_(1, t, k[:, :1].to(self.kv_dtype))  # loop-0 K/V first: every row reads it
+            st.v0[i].index_copy_(1, t, v[:, :1].to(self.kv_dtype))
+            ring_k = ring_v = gate = None
+            if R > 1:
+                ring_k, ring_v = st.ring_k[:, i], st.ring_v[:, i]
+                ring_k.index_copy_(2, slot, k[:, 1:].transpose(0, 1).unsqueeze(2).to(self.kv_dtype))
+                ring_v.index_copy_(2, slot, v[:, 1:].transpose(0, 1).unsqueeze(2).to(self.kv_dtype))
+                gate = self._gate(layer, U[1:], q[:, 1:]).squeeze(-1).t()  # [R-1, nh]
+            y = gd.gswa_decode(q.transpose(0, 1), st.k0[i], st.v0[i], length, ring_k, ring_v, gate)
+            U = self._finish(layer, U, y.transpose(0, 1), tiles=False)
+        Y = self._final_norm(U)
+        st.carries.copy_(Y[:-1])
+        return Y[-1]
+
+    def _fused_step(self, token: int) -> torch.Tensor:
+        st = self.state
+        t = st.length
+        self._reserve(1)
+        dev = self.device
+        h = self._decode(torch.tensor([token], device=dev), torch.tensor([t], device=dev))
+        st.tokens.append(token)
+        self._snapshot()
+        return h
+
+    # ------------------------------------------------------------------ CUDA graph
+    def step(self, token: int) -> torch.Tensor:
+        if not self.graphs:
+            return super().step(token)
+        with torch.inference_mode():
+            return self._graph_step(int(token))
+
+    def _graph_step(self, token: int) -> torch.Tensor:
+        """The decode step (embedding to logits) as a replayed CUDA graph. The graph holds the
+        state's addresses: it is captured again when the cache grows or the state is replaced."""
+        st = self.state
+        self._reserve(1)
+        key = (st.k0.data_ptr(), st.ring_k.data_ptr(), st.carries.data_ptr(), st.k0.shape[2])
+        if self._graph is None or self._graph[0] != key:
+            logits = self.head(self._fused_step(token))  # eager: this step, and Triton compiles here
+            try:
+                self._graph = (key, *self._capture())
+            except RuntimeError:  # capture is an optimisation: stay eager on this device
+                self.graphs, self._graph = False, None
+            st.last_logits = logits
+            return logits
+        _, graph, tok, pos, out = self._graph
+        tok.fill_(token)
+        pos.fill_(st.length)
+        graph.replay()
+        st.tokens.append(token)
+        self._snapshot()
+        st.last_logits = out.float().cpu()
+        return st.last_logits
+
+    def _capture(self):
+        """Warm up on a side stream (lazy initialisations must not happen while capturing) by
+        running the last step again, with the state it touches put back; then capture."""
+        st, dev = self.state, self.device
+        t = st.length - 1
+        tok = torch.full((1,), st.tokens[-1], dtype=torch.long, device=dev)
+        pos = torch.full((1,), t, dtype=torch.long, device=dev)
+        kept = [st.ring_k.clone(), st.ring_v.clone(), st.carries.clone(), st.k0[:, :, t].clone(), st.v0[:, :, t].clone()]
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        try:
+            with torch.cuda.stream(side):
+                qmatmul.linear(self._decode(tok, pos), self.lm_head)
+        finally:
+            torch.cuda.current_stream(dev).wait_stream(side)
+            for dst, src in zip([st.ring_k, st.ring_v, st.carries, st.k0[:, :, t], st.v0[:, :, t]], kept):
+                dst.copy_(src)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records only: the state is not touched now
+            out = qmatmul.linear(self._decode(tok, pos), self.lm_head)
+        return graph, tok, pos, out

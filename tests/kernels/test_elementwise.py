@@ -1,0 +1,63 @@
+"""RMSNorm (with the fused residual add), RoPE in both pair layouts, SwiGLU."""
+
+import pytest
+import torch
+from kernel_env import DEVICE
+
+from loopcli.kernels.rms_norm import rms_norm, rms_norm_torch
+from loopcli.kernels.rope import rope, rope_torch
+from loopcli.kernels.swiglu import swiglu, swiglu_torch
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3)], ids=str)
+@pytest.mark.parametrize("shape", [(5, 100), (2, 3, 640)], ids=str)  # H not a power of two
+def test_rms_norm_and_fused_residual(dtype, tol, shape):
+    x, r, w = randn(*shape, seed=1, dtype=dtype), randn(*shape, seed=2, dtype=dtype), randn(shape[-1], seed=3, dtype=dtype)
+    torch.testing.assert_close(rms_norm(x, w, 1e-5), rms_norm_torch(x, w, 1e-5), rtol=tol, atol=tol)
+    y, h = rms_norm(x, w, 1e-5, residual=r)
+    y_ref, h_ref = rms_norm_torch(x, w, 1e-5, residual=r)
+    assert torch.equal(h, h_ref) and h.dtype == dtype
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "interleaved"])
+@pytest.mark.parametrize("heads, hd", [(5, 16), (20, 64)], ids=str)  # head blocks of 16: 20 leaves a partial one
+def test_rope_both_layouts(interleaved, heads, hd):
+    S = 7
+    x = randn(S, heads, hd, seed=1)
+    ang = torch.arange(S, device=DEVICE)[:, None] * randn(hd // 2, seed=2).abs()[None, :]
+    got = rope(x, ang.cos(), ang.sin(), interleaved)
+    torch.testing.assert_close(got, rope_torch(x, ang.cos(), ang.sin(), interleaved), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps each pair's length
+    # a strided input (a view of the q/k/v projection) reads right
+    qkv = randn(S, heads * 3, hd, seed=3)
+    torch.testing.assert_close(rope(qkv[:, :heads], ang.cos(), ang.sin(), interleaved),
+                               rope_torch(qkv[:, :heads], ang.cos(), ang.sin(), interleaved), rtol=0, atol=1e-6)
+
+
+def test_rope_one_position_for_every_row():
+    """Decode: the R rows of one step share a position."""
+    x = randn(3, 4, 16, seed=6)
+    ang = randn(1, 8, seed=7)
+    torch.testing.assert_close(rope(x, ang.cos(), ang.sin()), rope_torch(x, ang.cos(), ang.sin()), rtol=0, atol=1e-6)
+
+
+def test_rope_layouts_differ_by_a_permutation():
+    """interleaved(x) == P^-1 neox(P x) with P the even-then-odd reordering of a head."""
+    x = randn(3, 2, 16, seed=4)
+    ang = randn(3, 8, seed=5)
+    perm = torch.cat([torch.arange(0, 16, 2), torch.arange(1, 16, 2)]).to(DEVICE)
+    inv = torch.argsort(perm)
+    torch.testing.assert_close(rope(x, ang.cos(), ang.sin(), True),
+                               rope(x[..., perm], ang.cos(), ang.sin(), False)[..., inv], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float16, 2e-3)], ids=str)
+def test_swiglu(dtype, tol):
+    gu = randn(3, 2 * 1500, seed=1, dtype=dtype)  # 1500: not a multiple of the 1024 block
+    torch.testing.assert_close(swiglu(gu), swiglu_torch(gu), rtol=tol, atol=tol)
+    assert swiglu(gu[None]).shape == (1, 3, 1500)

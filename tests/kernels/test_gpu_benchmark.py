@@ -1,0 +1,56 @@
+"""benchmarks/gpu.py: refuses cleanly without CUDA; its pieces run at a tiny shape on the CPU."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loopcli.runtime.engine import Engine
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+TINY = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=512)
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "DEVICE", "cpu")
+    monkeypatch.setattr(mod, "SHAPE", TINY)
+    monkeypatch.setattr(mod, "CONTEXTS", (1024, 2048))
+    monkeypatch.setattr(mod, "PROMPT", 40)
+    return mod
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU refusal needs a machine without CUDA")
+def test_without_cuda_it_exits_2_with_one_error_line():
+    run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith("error:") and "CUDA" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("qtype", ["q4_k_m", "q8_0"])
+def test_measure_on_the_torch_engine_at_a_tiny_shape(gpu, qtype):
+    cfg, raw = gpu.random_model(qtype)
+    assert raw["lm_head.weight"].ggml_type == (14 if qtype == "q4_k_m" else 8)  # Q6_K head in the mix
+    eng = Engine(cfg, raw, device="cpu", kv_dtype=torch.float16, max_context=32768)
+    out = gpu.measure(eng, cfg, 2, 40, 1e-3, 1e-6, 1e-3)  # tiny peaks: fractions that round above 0
+    for key in ("decode_tok_s_1k", "decode_tok_s_2k", "bandwidth_frac_peak_1k", "prompt_tok_s",
+                "prompt_frac_peak_tflops", "r2_over_r1_decode_time"):
+        assert out[key] > 0, key
+    # bytes of a step: weights read once (not the embedding table) plus the 2k loop-0 cache
+    kv = cfg.num_layers * 2 * cfg.num_kv_heads * 2048 * cfg.head_dim * 2
+    assert gpu.step_bytes(eng, 2048) - gpu.step_bytes(eng, 0) == kv
+
+
+def test_llama_cpp_reads_the_r1_gguf_it_writes(gpu, monkeypatch):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)  # run it on the CPU here
+    monkeypatch.setattr(gpu, "CONTEXTS", (64, 128))
+    out = gpu.llama_cpp_section("q4_k_m", 2, 100.0)
+    assert out["decode_tok_s_0k"] > 0 and out["prompt_tok_s"] > 0

@@ -1,0 +1,90 @@
+"""The quantized matmul on the blocks the converter writes, against gguf-py's floats."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from kernel_env import DEVICE, SLOW
+
+from loopcli.convert.quants import quantize
+from loopcli.kernels import qmatmul as Q
+
+NAMES = {Q.F32: "F32", Q.F16: "F16", Q.BF16: "BF16", Q.Q8_0: "Q8_0", Q.Q4_0: "Q4_0", Q.Q4_K: "Q4_K",
+         Q.Q5_K: "Q5_K", Q.Q6_K: "Q6_K"}
+EXACT = DEVICE == "cpu"  # the interpreter keeps gguf-py's operation order; a GPU may fuse a multiply-add
+
+
+def weight(t, rows, cols, seed=0):
+    """Bytes from the converter's quantizer and gguf-py's dequantized floats of them."""
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    raw = np.ascontiguousarray(quantize(w, t)).view(np.uint8).reshape(rows, -1)
+    floats = gguf.quants.dequantize(raw, t).reshape(rows, cols)
+    return torch.from_numpy(raw.copy()).to(DEVICE), torch.from_numpy(np.array(floats)).to(DEVICE)
+
+
+def cols_for(t):
+    return 300 if Q.BLOCKS[t][0] == 1 else 512  # float types: K not a multiple of any block
+
+
+@pytest.mark.parametrize("t", Q.TYPES, ids=NAMES.get)
+def test_torch_twin_dequantizes_like_gguf_py(t):
+    data, floats = weight(t, 9, cols_for(t))
+    assert torch.equal(Q.dequantize_torch(data, t), floats)
+
+
+@pytest.mark.parametrize("t", Q.TYPES, ids=NAMES.get)
+def test_kernel_reads_every_weight_byte_for_byte(t):
+    """x = rows of the identity: each output is one weight value, so the kernel's
+    dequantization is compared value by value (bit-exact in the interpreter)."""
+    K = cols_for(t)
+    data, floats = weight(t, 40, K, seed=1)
+    spread = torch.tensor([0, 17, 33, 70, 130, 201, 263, K - 1], device=DEVICE)  # every sub-block kind
+    for cols in (torch.arange(K, device=DEVICE), spread):  # the GEMM (all K values), the decode kernel (8 rows)
+        eye = torch.eye(K, device=DEVICE)[cols]
+        got = Q.qmatmul(eye, data, t)
+        want = floats[:, cols].T
+        if EXACT:
+            assert torch.equal(got, want)
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+SHAPES = [(3, 100, None), (4, 40, 3), (24, 72, None)]  # (M, N, split_k): decode, split-K, GEMM
+if SLOW:
+    SHAPES += [(1, 40, None), (2, 257, 2), (8, 33, 4), (67, 130, None), (130, 64, None)]
+
+
+@pytest.mark.parametrize("t", Q.TYPES, ids=NAMES.get)
+@pytest.mark.parametrize("m, n, split", SHAPES, ids=str)
+def test_matmul_equals_dequantize_then_matmul(t, m, n, split):
+    K = cols_for(t)
+    data, floats = weight(t, n, K, seed=n)
+    x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(DEVICE)
+    ref = x.double() @ floats.double().T
+    got = Q.qmatmul(x, data, t, split_k=split)
+    assert got.shape == (m, n) and got.dtype == x.dtype
+    assert (got.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    twin = Q.qmatmul_torch(x, data, t, split_k=split)
+    assert (twin.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("t", [Q.Q4_K, Q.Q8_0, Q.BF16], ids=NAMES.get)
+@pytest.mark.parametrize("m", [2, 20])
+def test_half_activations(t, m):
+    """f16 activations (the GPU's): the GEMM multiplies in f16 with f32 sums."""
+    data, floats = weight(t, 48, cols_for(t), seed=2)
+    x = torch.randn(m, cols_for(t), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    ref = x.double() @ floats.double().T
+    got = Q.qmatmul(x.half(), data, t)
+    assert got.dtype == torch.float16
+    assert (got.double() - ref).abs().max() <= 3e-3 * ref.abs().max()
+
+
+def test_batched_leading_dims_and_bad_input():
+    data, floats = weight(Q.Q8_0, 16, 64)
+    x = torch.randn(2, 3, 64, device=DEVICE)
+    assert torch.allclose(Q.qmatmul(x, data, Q.Q8_0), x @ floats.T, atol=1e-4)
+    with pytest.raises(ValueError, match="columns"):
+        Q.qmatmul(torch.randn(2, 65, device=DEVICE), data, Q.Q8_0)
+    with pytest.raises(ValueError, match="not supported"):
+        Q.qmatmul(x, data, 3)
