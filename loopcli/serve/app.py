@@ -219,7 +219,7 @@ def make_app(server: Server) -> Starlette:
         ids, tools = server.chat_prompt(req)
         names = {t["function"]["name"] for t in tools}
         job, events = server.start(req, ids)
-        run = Run(server, job, events, req.stop)
+        run = Run(server, job, events, req.stop or [])
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict, finish=None) -> str:
@@ -274,7 +274,7 @@ def make_app(server: Server) -> Starlette:
         server.check_model(req.model)
         ids = server.completion_prompt(req)
         job, events = server.start(req, ids)
-        run = Run(server, job, events, req.stop)
+        run = Run(server, job, events, req.stop or [])
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echo = req.prompt if req.echo and isinstance(req.prompt, str) else ""
 

@@ -23,6 +23,9 @@ from loopcli.runtime.engine import Cancelled, Engine, State
 from loopcli.runtime.generate import Sampler
 
 
+BACKOFF = 8  # a PLT prompt is snapshotted this many tokens before its end as well (see _prefill)
+
+
 class QueueFull(Exception):
     """Every slot is busy and the waiting queue is full."""
 
@@ -136,7 +139,7 @@ class Scheduler:
             s.job = None
 
     def _admit(self) -> None:
-        """Waiting jobs into free slots: the longest kept prefix first, then the least used."""
+        """Waiting jobs into free slots: the one this prompt continues, else the least recently used."""
         while self._waiting:
             free = [s for s in self.slots if s.job is None]
             if not free:
@@ -145,12 +148,31 @@ class Scheduler:
             if job.cancel.is_set():
                 job.emit(("end", "cancelled"))
                 continue
-            slot = max(free, key=lambda s: (_common(s.state.tokens, job.prompt_ids), -s.used))
+            slot = max(free, key=lambda s: (self._reuse(s, job.prompt_ids), -s.used))
             self._turn += 1
             slot.job, slot.used, slot.produced, slot.pending = job, self._turn, 0, None
             slot.history = list(job.prompt_ids)
             self.engine.state = slot.state
-            slot.steps = self.engine.prefill_steps(job.prompt_ids, job.cancel)
+            slot.steps = self._prefill(job)
+
+    @staticmethod
+    def _reuse(slot: Slot, ids: list[int]) -> int:
+        """Prompt tokens a slot would give, counted only when the prompt continues most of what the
+        slot holds: a slot is not taken from another conversation for a shared header."""
+        common = _common(slot.state.tokens, ids)
+        return common if 2 * common >= slot.state.length else 0
+
+    def _prefill(self, job: Job):
+        """The engine's prefill steps, in two calls for a PLT model: a PLT state resumes only at a
+        snapshot, and a chat's next turn re-tokenizes the reply's first characters together with
+        this prompt's last tokens, so a snapshot a few tokens earlier is what the next turn reuses."""
+        ids = job.prompt_ids
+        cut = len(ids) - BACKOFF if self.engine.cfg.num_loops > 1 and len(ids) > 2 * BACKOFF else len(ids)
+        logits = yield from self.engine.prefill_steps(ids[:cut], job.cancel)
+        job.cached_tokens = self.engine.last_reused
+        if cut < len(ids):
+            logits = yield from self.engine.prefill_steps(ids, job.cancel)
+        return logits
 
     def _finish(self, slot: Slot, reason: str) -> None:
         if slot.steps is not None:
@@ -178,7 +200,6 @@ class Scheduler:
         self.engine.state = slot.state
         try:
             next(slot.steps)
-            slot.job.cached_tokens = self.engine.last_reused
             return
         except StopIteration as end:
             logits = end.value
@@ -188,7 +209,6 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001  (ModelError, ContextLimitError, bugs: the client hears of it)
             self._fail(slot, exc)
             return
-        slot.job.cached_tokens = self.engine.last_reused
         slot.steps = None
         self._sampled(slot, logits)
 

@@ -19,7 +19,7 @@ START_TIMEOUT = 60  # seconds for a server to come up
 TOOL_TEXT = "<tool_call><function=get_weather><parameter=city>Paris"  # what the tool model writes
 
 
-def confident_model(root, scale: float = 8.0):
+def confident_model(root, scale: float = 1.0):
     """A q8_0 LoopCoder (R = 2) whose head reads a fixed permutation of the input embedding:
     its predictions are confident, as a trained model's are, yet sampling still varies."""
     d = write_synthetic(root / "confident", arch="loopcoder", dtype="f32", plt_window_size=[3, 0])
