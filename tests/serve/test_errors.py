@@ -4,10 +4,12 @@ binding beyond loopback needs a key."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -15,7 +17,7 @@ import pytest
 
 from conftest import running
 from loopcli.runtime.errors import ModelError
-from loopcli.serve import check_bind, load_server
+from loopcli.serve import check_bind, load_server, scheduler
 
 TIMEOUT = 60
 KEY = {"Authorization": "Bearer sekrit"}
@@ -73,36 +75,45 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(confident_ur
 def test_context_overflow_is_a_400_with_the_numbers(confident_url):
     url, _ = confident_url
     reply = httpx.post(url + "/v1/completions", headers=KEY, timeout=TIMEOUT,
-                       json={"model": "tiny", "prompt": list(range(3, 603))})
+                       json={"model": "tiny", "prompt": [3 + i % 400 for i in range(600)]})
     err = _error(reply, 400)
     assert err["code"] == "context_length_exceeded" and "512" in err["message"] and "600" in err["message"]
     reply = httpx.post(url + "/v1/completions", headers=KEY, timeout=TIMEOUT,
-                       json={"model": "tiny", "prompt": list(range(3, 403)), "max_tokens": 200})
+                       json={"model": "tiny", "prompt": [3 + i % 400 for i in range(400)], "max_tokens": 200})
     err = _error(reply, 400)
     assert all(n in err["message"] for n in ("512", "600", "400", "200")), err
     _works(url)
 
 
-def test_a_full_queue_answers_429_with_retry_after(models):
+def test_a_full_queue_answers_429_with_retry_after(models, monkeypatch):
+    gate = threading.Event()  # decoding waits on it: the one slot stays busy until released
+    real = scheduler.batch.decode_step
+    monkeypatch.setattr(scheduler.batch, "decode_step", lambda *a: (gate.wait(TIMEOUT), real(*a))[1])
     server = load_server(models["confident"], ctx=512, parallel=1, queue=1, name="tiny", threads=1)
-    with running(server) as url, httpx.Client(timeout=TIMEOUT) as http:
-        body = {"model": "tiny", "prompt": "a", "max_tokens": 400, "stream": True, "temperature": 1.0}
-        with http.stream("POST", url + "/v1/completions", json=body) as first, \
-                http.stream("POST", url + "/v1/completions", json=body) as second:
-            next(first.iter_lines())  # the first has its slot, the second waits in the queue
-            deadline = time.monotonic() + TIMEOUT
-            while http.get(url + "/health").json()["waiting"] < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            third = http.post(url + "/v1/completions", json=body)
-            err = _error(third, 429)
-            assert third.headers["retry-after"].isdigit() and err["code"] == "queue_full"
-            assert first.status_code == second.status_code == 200
-        # both streams closed early: their slot and queue place are freed
-        deadline = time.monotonic() + TIMEOUT
-        while (h := http.get(url + "/health").json())["busy"] or h["waiting"]:
-            assert time.monotonic() < deadline, h
-            time.sleep(0.05)
-        _works_plain(http, url)
+    try:
+        with running(server) as url, httpx.Client(timeout=TIMEOUT) as http:
+            body = {"model": "tiny", "prompt": "a", "max_tokens": 40, "stream": True}
+            with http.stream("POST", url + "/v1/completions", json=body) as first, \
+                    http.stream("POST", url + "/v1/completions", json=body) as second:
+                deadline = time.monotonic() + TIMEOUT
+                while http.get(url + "/health").json()["waiting"] < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                third = http.post(url + "/v1/completions", json=body)
+                err = _error(third, 429)
+                assert third.headers["retry-after"].isdigit() and err["code"] == "queue_full"
+                gate.set()
+                assert first.status_code == second.status_code == 200
+                texts = [_sse_text(r) for r in (first, second)]
+                assert all(texts)
+            _works_plain(http, url)
+    finally:
+        gate.set()
+
+
+def _sse_text(reply) -> str:
+    return "".join(json.loads(line[6:])["choices"][0]["text"] for line in reply.iter_lines()
+                   if line.startswith("data: {"))
 
 
 def _works_plain(http, url):
@@ -114,7 +125,7 @@ def test_a_client_that_disconnects_frees_its_slot(confident_url):
     url, server = confident_url
     with httpx.Client(timeout=TIMEOUT) as http:
         body = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 450,
-                "stream": True, "temperature": 1.0}
+                "stream": True, "temperature": 1.0, "seed": 3}
         with http.stream("POST", url + "/v1/chat/completions", json=body, headers=KEY) as reply:
             lines = reply.iter_lines()
             got = [next(lines) for _ in range(6)]

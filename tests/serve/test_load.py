@@ -72,7 +72,7 @@ def _idle(url):
 
 def _states() -> int:
     gc.collect()
-    return sum(isinstance(o, State) for o in gc.get_objects())
+    return sum(type(o) is State for o in gc.get_objects())
 
 
 def load_test(models, n: int):
