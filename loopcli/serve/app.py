@@ -204,7 +204,10 @@ def _sse(obj) -> str:
 
 def make_app(server: Server) -> Starlette:
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "model": server.name, **server.scheduler.stats()})
+        stats = server.scheduler.stats()
+        up = stats.pop("running")
+        return JSONResponse({"status": "ok" if up else "unavailable", "model": server.name, **stats},
+                            status_code=200 if up else 503)
 
     async def models(request: Request):
         server.check_key(request)

@@ -87,6 +87,8 @@ class Scheduler:
         with self._cv:
             if self._stopping or not self._worker.is_alive():
                 raise Stopped("the server is shutting down")
+            # clients that left while waiting give their place back at once
+            self._waiting = deque(j for j in self._waiting if not j.cancel.is_set())
             busy = sum(s.job is not None for s in self.slots)
             if busy >= self.parallel and len(self._waiting) >= self.queue_size:
                 raise QueueFull(f"all {self.parallel} slots are busy and {len(self._waiting)} "
@@ -96,7 +98,8 @@ class Scheduler:
 
     def stats(self) -> dict:
         with self._cv:
-            return {"slots": self.parallel, "busy": sum(s.job is not None for s in self.slots),
+            return {"running": not self._stopping and self._worker.is_alive(),
+                    "slots": self.parallel, "busy": sum(s.job is not None for s in self.slots),
                     "waiting": len(self._waiting), "queue": self.queue_size}
 
     def close(self, timeout: float = 10.0) -> None:

@@ -174,3 +174,14 @@ def test_the_serve_command_serves_and_stops(models):
             proc.kill()
             proc.wait(10)
     assert proc.returncode is not None
+
+
+def test_a_stopped_scheduler_answers_503_with_retry_after(models):
+    server = load_server(models["confident"], ctx=256, parallel=1, name="tiny", threads=1)
+    with running(server) as url:
+        server.scheduler.close()
+        reply = httpx.post(url + "/v1/completions", timeout=TIMEOUT, json={"prompt": "a", "max_tokens": 2})
+        err = _error(reply, 503)
+        assert reply.headers["retry-after"].isdigit() and err["code"] == "unavailable"
+        health = httpx.get(url + "/health", timeout=TIMEOUT)
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
