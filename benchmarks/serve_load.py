@@ -4,7 +4,8 @@ A synthetic LoopCoder GGUF is served on loopback (uvicorn in this process, the e
 worker thread); the same set of concurrent streaming completions (random token prompts of mixed
 lengths, greedy, fixed max_tokens, EOS ignored by giving no stop) is sent to a server with
 --parallel 1 and one with --parallel N. Prints JSON: completion tokens per second for each,
-their ratio (the figure), and whether every request's text was the same under both.
+their ratio (the figure), whether every request's text was the same under both, and this
+process's resident memory after each round (flat when memory is bounded).
 Usage: python benchmarks/serve_load.py [--preset small] [--type q8_0] [--parallel 4] [--requests 16]
 """
 
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import torch
 
 from loopcli.convert.export import convert
@@ -80,7 +82,7 @@ def main() -> None:
                    "stream_options": {"include_usage": True}} for i in range(args.requests)]
         result = {"preset": args.preset, "type": args.type, "requests": args.requests,
                   "tokens_per_request": args.tokens, "threads": args.threads}
-        texts, rates = {}, {1: [], args.parallel: []}
+        texts, rates, rss = {}, {1: [], args.parallel: []}, {1: [], args.parallel: []}
         for parallel in (1, args.parallel):
             server, uv, thread, url = serve(model, parallel, args.threads)
             try:
@@ -89,6 +91,7 @@ def main() -> None:
                     seconds, out = measure(url, bodies)
                     rates[parallel].append(sum(t for _, t in out) / seconds)
                     texts[parallel] = [t for t, _ in out]
+                    rss[parallel].append(round(psutil.Process().memory_info().rss / 2**20))
             finally:
                 uv.should_exit = True
                 thread.join(30)
@@ -100,6 +103,7 @@ def main() -> None:
             f"tokens_per_s_parallel_{args.parallel}": round(n_rate, 2),
             "rounds_tokens_per_s": {str(k): [round(r, 2) for r in v] for k, v in rates.items()},
             "ratio": round(n_rate / one_rate, 3),
+            "rss_mb_after_each_round": {str(k): v for k, v in rss.items()},
             "same_text_both_ways": texts[1] == texts[args.parallel],
         })
     print(json.dumps(result, indent=2))

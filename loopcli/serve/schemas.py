@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.responses import JSONResponse
 
 MAX_STOP = 16  # stop strings per request
@@ -47,6 +47,12 @@ class Sampling(_Body):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)  # one choice per request
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """Clients send null for fields they leave unset."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     @field_validator("stop")
     @classmethod

@@ -70,6 +70,10 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(confident_ur
         assert named.lower() in err["message"].lower(), (path, body, err)
         _works(url)
     assert httpx.get(url + "/health", timeout=TIMEOUT).json()["busy"] == 0
+    # null stands for "not given", as clients send it
+    nulls = {"model": None, "prompt": "a", "max_tokens": 2, "temperature": None, "top_p": None, "stop": None,
+             "seed": None, "stream": None}
+    assert httpx.post(url + "/v1/completions", headers=KEY, json=nulls, timeout=TIMEOUT).status_code == 200
 
 
 def test_context_overflow_is_a_400_with_the_numbers(confident_url):
@@ -185,3 +189,26 @@ def test_a_stopped_scheduler_answers_503_with_retry_after(models):
         assert reply.headers["retry-after"].isdigit() and err["code"] == "unavailable"
         health = httpx.get(url + "/health", timeout=TIMEOUT)
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
+
+
+def test_a_non_streaming_client_that_leaves_cancels_its_request(models, monkeypatch):
+    gate = threading.Event()  # decoding waits on it, so the request is still running when the client leaves
+    real = scheduler.batch.decode_step
+    monkeypatch.setattr(scheduler.batch, "decode_step", lambda *a: (gate.wait(TIMEOUT), real(*a))[1])
+    server = load_server(models["confident"], ctx=256, parallel=1, name="tiny", threads=1)
+    try:
+        with running(server) as url:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(url + "/v1/completions", timeout=1.0, json={"prompt": "a", "max_tokens": 100})
+            slot = server.scheduler.slots[0]
+            deadline = time.monotonic() + TIMEOUT
+            while not (slot.job and slot.job.cancel.is_set()):
+                assert time.monotonic() < deadline, "the request was not cancelled"
+                time.sleep(0.05)
+            gate.set()
+            while httpx.get(url + "/health", timeout=TIMEOUT).json()["busy"]:
+                assert time.monotonic() < deadline, "the slot was not freed"
+                time.sleep(0.05)
+            assert len(slot.state.tokens) < 20  # stopped after a step or two, not at 100 tokens
+    finally:
+        gate.set()
