@@ -108,7 +108,8 @@ class Server:
                            f"were requested ({len(ids)} in the prompt, {limit} in max_tokens); lower max_tokens "
                            "or shorten the prompt", code="context_length_exceeded", param="max_tokens")
         try:
-            sampler = Sampler(temperature=req.temperature, top_p=req.top_p, seed=req.seed)
+            seed = req.seed if req.seed is None or req.seed >= 0 else None
+            sampler = Sampler(temperature=req.temperature, top_p=req.top_p, seed=seed)
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
         loop = asyncio.get_running_loop()
@@ -219,7 +220,7 @@ def make_app(server: Server) -> Starlette:
         server.check_key(request)
         req = parse(ChatRequest, await _body(request))
         server.check_model(req.model)
-        ids, tools = server.chat_prompt(req)
+        ids, tools = await asyncio.to_thread(server.chat_prompt, req)  # a long prompt must not stall the streams
         names = {t["function"]["name"] for t in tools}
         job, events = server.start(req, ids)
         run = Run(server, job, events, req.stop or [])
@@ -275,7 +276,7 @@ def make_app(server: Server) -> Starlette:
         server.check_key(request)
         req = parse(CompletionRequest, await _body(request))
         server.check_model(req.model)
-        ids = server.completion_prompt(req)
+        ids = await asyncio.to_thread(server.completion_prompt, req)
         job, events = server.start(req, ids)
         run = Run(server, job, events, req.stop or [])
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())

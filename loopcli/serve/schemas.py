@@ -44,7 +44,7 @@ class Sampling(_Body):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # negative: a random seed, as llama.cpp's -1
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)  # one choice per request
 

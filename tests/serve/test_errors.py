@@ -52,6 +52,7 @@ BAD = [
     ("/v1/chat/completions", KEY, {"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                                    "tool_choice": "required"}, 400, "no tools"),
     ("/v1/completions", KEY, {"model": "tiny", "prompt": [1, 99999]}, 400, "outside the vocabulary"),
+    ("/v1/completions", KEY, {"model": "tiny", "prompt": "x", "seed": 2**80}, 400, "seed"),
     ("/v1/chat/completions", KEY, {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}, 404, "gpt-4"),
     ("/v1/completions", {"Authorization": "Bearer wrong"}, {"model": "tiny", "prompt": "x"}, 401, "API key"),
     ("/v1/completions", {}, {"model": "tiny", "prompt": "x"}, 401, "API key"),
