@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from conftest import TOOL_TEXT, running
+from servekit import TOOL_TEXT, running
 from loopcli.backends.base import Finish, TextDelta, ToolCall, Usage
 from loopcli.backends.openai_compat import OpenAIBackend
 from loopcli.runtime.engine import load

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from conftest import running
+from servekit import running
 from loopcli.runtime.errors import ModelError
 from loopcli.serve import check_bind, load_server, scheduler
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import running
+from servekit import running
 from loopcli.runtime.engine import State
 from loopcli.serve import load_server
 
