@@ -31,7 +31,7 @@ def decode_step(engine: Engine, states: Sequence[State], tokens: Sequence[int]) 
     """Feed tokens[b] to states[b] for every b (all R loops, one pass over the weights);
     returns the next-token logits [B, V] (f32, CPU), like `Engine.step` for each sequence."""
     cfg = engine.cfg
-    R, B = cfg.num_loops, len(states)
+    R = cfg.num_loops
     dt, kvt, dev = engine.dtype, engine.kv_dtype, engine.device
     kept = engine.state
     try:
