@@ -505,7 +505,8 @@ def serve(model, host, port, ctx, parallel, queue, api_key, name, threads):
     server = load_server(model, ctx=ctx, parallel=parallel, queue=queue, api_key=api_key, name=name,
                          threads=threads)
     where = sock.getsockname()
-    click.echo(f"serving {server.name} on http://{host}:{where[1]}/v1 (context {server.ctx}, "
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {server.name} on http://{shown}:{where[1]}/v1 (context {server.ctx}, "
                f"{parallel} parallel, queue {queue}); Ctrl-C stops", err=True)
     uvicorn_server(server, host, where[1]).run(sockets=[sock])
 
