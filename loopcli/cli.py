@@ -574,6 +574,35 @@ def chat(repo, backend, model, base_url, max_steps, ctx, mode, resume, sandbox_p
     ChatApp(config).run()
 
 
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs --api-key.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--ctx", type=click.IntRange(1), help="Context limit in tokens (default: the model's).")
+@click.option("--parallel", type=click.IntRange(1), default=1, show_default=True,
+              help="Sequences decoded together.")
+@click.option("--queue", type=click.IntRange(0), default=64, show_default=True,
+              help="Requests that may wait for a slot; beyond that the server answers 429.")
+@click.option("--api-key", envvar="LOOPCLI_API_KEY", help="Key clients must send (Authorization: Bearer KEY); "
+              "env LOOPCLI_API_KEY.")
+@click.option("--name", help="Model name in the API (default: the file or directory name).")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: physical cores).")
+def serve(model, host, port, ctx, parallel, queue, api_key, name, threads):
+    """Serve MODEL over the OpenAI API (/v1/chat/completions, /v1/completions, /v1/models, /health)."""
+    from loopcli.serve import bound_socket, check_bind, load_server, uvicorn_server
+
+    check_bind(host, api_key)
+    sock = bound_socket(host, port)
+    server = load_server(model, ctx=ctx, parallel=parallel, queue=queue, api_key=api_key, name=name,
+                         threads=threads)
+    where = sock.getsockname()
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"serving {server.name} on http://{shown}:{where[1]}/v1 (context {server.ctx}, "
+               f"{parallel} parallel, queue {queue}); Ctrl-C stops", err=True)
+    uvicorn_server(server, host, where[1]).run(sockets=[sock])
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

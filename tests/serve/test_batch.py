@@ -1,0 +1,52 @@
+"""runtime.batch: several sequences decoded in one pass give each sequence's solo logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from loopcli.runtime import batch
+from loopcli.runtime.engine import ContextLimitError, load
+
+
+def _solo(engine, prompt, feed):
+    engine.reset()
+    engine.prefill(prompt)
+    return [engine.step(t) for t in feed]
+
+
+@pytest.mark.parametrize("which", ["confident", "tool"])
+def test_batched_decode_equals_solo_decode(models, which):
+    """Quantized (packed) weights: bit for bit. F32 weights go through a dense GEMM whose rounding
+    depends on the number of rows: equal within float rounding."""
+    engine = load(models[which], threads=1)
+    vocab = engine.cfg.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (5, 17, 9)]
+    feeds = [torch.randint(0, vocab, (70,), generator=gen).tolist() for _ in prompts]  # past a snapshot (64)
+    solo = [_solo(engine, p, f) for p, f in zip(prompts, feeds)]
+    states = []
+    for p in prompts:
+        engine.reset()
+        engine.prefill(p)
+        states.append(engine.state)
+    assert batch.group_size(engine) * engine.cfg.num_loops <= 8
+    for step in range(70):
+        logits = batch.decode_step(engine, states, [f[step] for f in feeds])
+        for b in range(len(states)):
+            if which == "confident":  # q8_0
+                assert torch.equal(logits[b], solo[b][step]), (b, step)
+            else:  # f32
+                assert torch.allclose(logits[b], solo[b][step], rtol=1e-5, atol=1e-4), (b, step)
+    for b, st in enumerate(states):
+        assert st.tokens == prompts[b] + feeds[b] and 64 in st.snapshots
+
+
+def test_batched_decode_refuses_past_the_context(models):
+    engine = load(models["confident"], threads=1, max_context=8)
+    engine.prefill(list(range(8)))
+    full = engine.state
+    engine.reset()
+    engine.prefill([1, 2])
+    with pytest.raises(ContextLimitError):
+        batch.decode_step(engine, [engine.state, full], [3, 4])
