@@ -50,22 +50,36 @@ def test_llama_cpp_ids_equal_the_source(export):
     assert Tokenizer.load(out).encode(HARD, add_bos=False) == want
 
 
-def test_llama_cpp_and_metaspace_first(tmp_path):
-    """prepend_scheme "first" (non-legacy): llama.cpp gets no dummy prefix, so it gives the source's
-    ids on texts that begin with an added token or a space (HARD above), and is one U+2581 short on
-    the first word of any other text. Our runtime gives the source's ids on both."""
-    src = make_source("spm-json-first", tmp_path / "hf", arch="llama")
+@pytest.mark.parametrize("scheme", ["first", "always"])
+def test_llama_cpp_and_metaspace_prepend_scheme(scheme, tmp_path):
+    """A Metaspace pre-tokenizer adds no dummy prefix before a text that begins with a space, and
+    with "first" (non-legacy) none after an added token; llama.cpp's prefix is SentencePiece's.
+    "first" is converted without a prefix: llama.cpp gives the source's ids on texts that begin with
+    an added token or a space, and is one U+2581 short on the first word of any other text.
+    "always" keeps llama.cpp's prefix: one U+2581 too many where a text (or the text after an added
+    token) begins with a space. Our runtime gives the source's ids on all of them."""
+    kind = f"spm-json-{scheme}"
+    src = make_source(kind, tmp_path / "hf", arch="llama")
     out = convert(src, tmp_path / "m.gguf", "f32", show_progress=False)
+    ours = Tokenizer.load(out)
     llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
+    cases = {"first": [("<|im_start|>user\nhi there<|im_end|>", "same"), ("  def f(x)", "same"),
+                       ("def f(x): return x", "no prefix")],
+             "always": [("<|im_start|>user\nhi there<|im_end|>", "same"), ("def f(x): return x", "same"),
+                        ("  def f(x)", "extra prefix"), ("<|im_start|> user", "extra prefix")]}[scheme]
     try:
-        for text, same in (("<|im_start|>user\nhi there<|im_end|>", True), ("def f(x): return x", False)):
-            want = source_ids("spm-json-first", src, text)
+        for text, how in cases:
+            want = source_ids(kind, src, text)
             got = llm.tokenize(text.encode(), add_bos=False, special=True)
-            assert (got == want) == same
-            if not same:  # the first word lacks its U+2581, the rest is equal
-                ours_no_prefix = source_ids("spm-json-first", src, "<s>" + text)[1:]
-                assert got == ours_no_prefix
-            assert Tokenizer.load(out).encode(text, add_bos=False) == want
+            if how == "same":
+                assert got == want, text
+            elif how == "no prefix":  # as the source tokenizes the text after an added token
+                assert got != want and got == source_ids(kind, src, "<s>" + text)[1:]
+            else:  # SentencePiece's prefix on the segment that begins with a space
+                segment = text.split(">")[-1]
+                assert got != want and got[-len(source_ids(kind, src, " " + segment)):] == source_ids(kind, src, " " + segment)
+                assert source_ids(kind, src, " " + segment) != source_ids(kind, src, segment)
+            assert ours.encode(text, add_bos=False) == want
     finally:
         llm.close()
 

@@ -52,10 +52,11 @@ class SlowSentencePiece(PreTrainedTokenizer):
         return self.sp.id_to_piece(index)
 
 
-def sentencepiece_json(src, legacy=True):
+def sentencepiece_json(src, scheme=None):
     """tokenizer.json of the SentencePiece kind, as transformers' LlamaConverter makes it from
-    tokenizer.model (merges in piece-score order). legacy: the dummy prefix in the normalizer, on
-    every text between added tokens; else a Metaspace pre-tokenizer with prepend_scheme "first"."""
+    tokenizer.model (merges in piece-score order). Legacy (scheme None): the dummy prefix in the
+    normalizer, on every text between added tokens; else a Metaspace pre-tokenizer with that
+    prepend_scheme ("first" is what the converter writes for legacy=False)."""
     m = pb.ModelProto()
     m.ParseFromString((src / "tokenizer.model").read_bytes())
     vocab = {p.piece: i for i, p in enumerate(m.pieces)}
@@ -65,8 +66,8 @@ def sentencepiece_json(src, legacy=True):
     cfg = json.loads((src / "tokenizer_config.json").read_text())
     added = [{"id": int(i), "content": t["content"], "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": t["special"]} for i, t in cfg["added_tokens_decoder"].items()]
-    if not legacy:
-        metaspace = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+    if scheme:
+        metaspace = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": False}
         return {"version": "1.0", "added_tokens": added, "normalizer": None, "pre_tokenizer": metaspace,
                 "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True,
                           "vocab": vocab, "merges": [list(ab) for ab in merges]},
@@ -86,12 +87,12 @@ def sentencepiece_json(src, legacy=True):
 
 def make_source(kind, path, arch="loopcoder"):
     """A synthetic checkpoint with tokenizer `kind`; "spm-json" ships only a SentencePiece-kind
-    tokenizer.json (made from the SentencePiece model, which is then removed), "spm-json-first"
-    the non-legacy one (Metaspace, prepend_scheme "first")."""
+    tokenizer.json (made from the SentencePiece model, which is then removed), "spm-json-first" and
+    "spm-json-always" one with a Metaspace pre-tokenizer of that prepend_scheme."""
     json_kind = kind.startswith("spm-json")
     src = write_synthetic(path, arch=arch, dtype="f32", tokenizer="spm" if json_kind else kind)
     if json_kind:
-        (src / "tokenizer.json").write_text(json.dumps(sentencepiece_json(src, legacy=kind == "spm-json")))
+        (src / "tokenizer.json").write_text(json.dumps(sentencepiece_json(src, kind[len("spm-json-"):] or None)))
         (src / "tokenizer.model").unlink()
         cfg = json.loads((src / "tokenizer_config.json").read_text())
         cfg.pop("auto_map")
@@ -197,7 +198,7 @@ def test_byte_level_ids_equal_tokenizer_json(kind, tmp_path):
     assert gg.decode(want) == HARD == source.decode(want, skip_special_tokens=False)
 
 
-@pytest.mark.parametrize("kind", ["spm-json", "spm-json-first"])
+@pytest.mark.parametrize("kind", ["spm-json", "spm-json-first", "spm-json-always"])
 def test_sentencepiece_kind_tokenizer_json(kind, tmp_path):
     src = make_source(kind, tmp_path / "hf")
     out = convert(src, tmp_path / "m.gguf", "f32", show_progress=False)
@@ -207,9 +208,11 @@ def test_sentencepiece_kind_tokenizer_json(kind, tmp_path):
         want = source_ids(kind, src, text)
         assert Tokenizer.load(src).encode(text, add_bos=False) == want
         assert gg.encode(text, add_bos=False) == want, text
-        if kind == "spm-json-first":  # (the legacy decoder puts a space after each added token)
+        if kind != "spm-json":  # (the legacy decoder puts a space after each added token)
             assert gg.decode(want) == hf.decode(want, skip_special_tokens=False)
-        assert gg.decode(want) == text or text.startswith(" ")  # Metaspace drops a leading space
+        # Metaspace's decoder drops a leading space; with "always" it keeps the U+2581 it put after
+        # each added token (tokenizers decodes so too)
+        assert gg.decode(want) == text or text.startswith(" ") or kind == "spm-json-always"
     slow_src = make_source("spm", tmp_path / "slow")
     # the same model as the slow tokenizer: legacy gives its ids; a Metaspace adds no dummy prefix
     # before a leading space, and with "first" none after an added token
