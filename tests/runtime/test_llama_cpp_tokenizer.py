@@ -173,4 +173,4 @@ def test_llama_cpp_logits_equal_the_reference(export):
     finally:
         llm.close()
     p, q = torch.log_softmax(ref, -1), torch.log_softmax(got, -1)
-    assert float((p.exp() * (p - q)).sum(-1).mean()) <= 1e-4
+    assert float((p.exp() * (p - q)).sum(-1).max()) <= 1e-4  # at every position
