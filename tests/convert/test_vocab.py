@@ -176,9 +176,10 @@ def test_added_token_beyond_the_embedding_is_refused(tmp_path):
         convert(src, tmp_path / "o.gguf", "f32", show_progress=False)
 
 
-def test_perplexity_of_the_gguf_equals_the_source(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("kind", ["spm", "spm-unigram-nfkc"])
+def test_perplexity_of_the_gguf_equals_the_source(kind, tmp_path, monkeypatch, capsys):
     """A LoopCoder-layout PLT checkpoint with its SentencePiece tokenizer, end to end."""
-    src = write_synthetic(tmp_path / "hf", dtype="f32")
+    src = write_synthetic(tmp_path / "hf", dtype="f32", tokenizer=kind)
     out = convert(src, tmp_path / "m.gguf", "f32", show_progress=False)
     text = tmp_path / "t.txt"
     text.write_text(CORPUS + "Привет, мир! 你好 😀\t\n")
