@@ -209,7 +209,8 @@ class _SentencePiece:
         if scores is None or len(scores) != len(tokens):
             raise ModelError(f"{path} has no tokenizer.ggml.scores for its SentencePiece vocabulary; re-convert it")
         charsmap = field("tokenizer.ggml.precompiled_charsmap") if unigram else None
-        metaspace = None if unigram else field(PREPEND_SCHEME_KEY)
+        metaspace = field(PREPEND_SCHEME_KEY) if not unigram else None
+        metaspace = metaspace if metaspace in ("always", "first") else None
         proto = sentencepiece_proto(
             tokens, scores, types, bool(field("tokenizer.ggml.add_space_prefix", True)) and not metaspace,
             unigram=unigram,
@@ -248,7 +249,7 @@ class _SentencePiece:
         return ids
 
     def _encode_segment(self, text: str, at_start: bool) -> list[int]:
-        prefix = self.metaspace in ("always", "first") and (at_start or self.metaspace == "always")
+        prefix = self.metaspace == "always" or (self.metaspace == "first" and at_start)
         return self.sp.encode(" " + text if prefix and not text.startswith(" ") else text)
 
     def decode(self, ids: list[int]) -> str:

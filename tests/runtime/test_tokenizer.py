@@ -239,3 +239,13 @@ def test_fast_class_prefers_tokenizer_json(tmp_path):
     (src / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="tokenizer.model"):
         Tokenizer.load(src)
+
+
+def test_a_corrupt_charsmap_is_one_clear_error():
+    from loopcli.runtime.tokenizer import _SentencePiece
+
+    tokens, types = ["<unk>", "<s>", "</s>", "\u2581a", "b"], [2, 3, 3, 1, 1]
+    keys = {"tokenizer.ggml.scores": [0.0, 0.0, 0.0, -1.0, -2.0],
+            "tokenizer.ggml.precompiled_charsmap": list(b"\xff\x00\x00\x00not a charsmap")}
+    with pytest.raises(ModelError, match="m.gguf: its SentencePiece vocabulary is invalid"):
+        _SentencePiece.from_gguf("m.gguf", lambda k, d=None: keys.get(k, d), tokens, types, unigram=True)
