@@ -44,7 +44,7 @@ def test_llama_cpp_ids_equal_the_source(export):
     finally:
         llm.close()
     if kind == "spm-unigram":  # llama.cpp's UGM differs here, only in the documented ways
-        assert got != want and ugm_differences(want, got, out) == {"no byte fallback", "spaces-only segment"}
+        assert got != want and ugm_differences(want, got, vocabulary(out)) == {"no byte fallback", "spaces-only segment"}
     else:
         assert got == want
     assert Tokenizer.load(out).encode(HARD, add_bos=False) == want
@@ -84,13 +84,17 @@ def test_llama_cpp_and_metaspace_prepend_scheme(scheme, tmp_path):
         llm.close()
 
 
-def ugm_differences(want, got, gguf_path) -> set[str]:
-    """Which documented differences (module docstring) turn SentencePiece's `want` into llama.cpp's
-    `got`; fails on any other difference."""
+def vocabulary(gguf_path):
     from loopcli.runtime.gguf_read import GGUFFile
 
     r = GGUFFile(gguf_path)
-    tokens, types = r.get_field("tokenizer.ggml.tokens").contents(), r.get_field("tokenizer.ggml.token_type").contents()
+    return r.get_field("tokenizer.ggml.tokens").contents(), r.get_field("tokenizer.ggml.token_type").contents()
+
+
+def ugm_differences(want, got, vocab) -> set[str]:
+    """Which documented differences (module docstring) turn SentencePiece's `want` into llama.cpp's
+    `got`, given the GGUF's (tokens, types); fails on any other difference."""
+    tokens, types = vocab
     seen = set()
     collapsed, in_run = [], False  # 1. a run of byte pieces is one <unk> (id 0)
     for i in want:
@@ -133,6 +137,7 @@ def test_llama_cpp_unigram_on_random_text(kind, tmp_path):
     out = convert(src, tmp_path / "m.gguf", "f32", show_progress=False)
     llm = llama_cpp.Llama(str(out), vocab_only=True, verbose=False)
     reference = SlowSentencePiece.from_pretrained(str(src))
+    vocab = vocabulary(out)
     seen = set()
     try:
         # a float/double tie needs a long text before it: a few in a hundred texts have one
@@ -142,7 +147,7 @@ def test_llama_cpp_unigram_on_random_text(kind, tmp_path):
             if kind == "spm-unigram-nfkc":
                 assert got == want, repr(text)
             else:
-                seen |= ugm_differences(want, got, out)
+                seen |= ugm_differences(want, got, vocab)
     finally:
         llm.close()
     assert seen == (set() if kind == "spm-unigram-nfkc" else {"no byte fallback", "spaces-only segment", "tie"})
