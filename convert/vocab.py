@@ -1,6 +1,6 @@
 """Tokenizer metadata as llama.cpp's converter writes it (`tokenizer.ggml.*`, chat template).
 
-Three sources: a SentencePiece `tokenizer.model` (convert/vocab_spm.py), a byte-level BPE
+Three sources: a SentencePiece `tokenizer.model` (BPE or unigram, convert/vocab_spm.py), a byte-level BPE
 `tokenizer.json` (GGUF model "gpt2" with the pre-tokenizer identified by runtime/pretokenizers.py)
 and a SentencePiece-kind `tokenizer.json` (BPE with byte fallback over U+2581 words).
 """
@@ -14,7 +14,7 @@ import gguf
 from loopcli.runtime.errors import ModelError
 from loopcli.runtime.pretokenizers import identify
 from loopcli.runtime.tokenizer import (
-    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, chat_template_of, read_json, stop_ids,
+    BYTE, CONTROL, EOS_IDS_KEY, NORMAL, PREPEND_SCHEME_KEY, UNKNOWN, UNUSED, USER_DEFINED, chat_template_of, read_json, stop_ids,
     token_text, uses_sentencepiece,
 )
 
@@ -24,20 +24,32 @@ from .vocab_spm import pad, sentencepiece_vocab
 def add_vocab(writer: gguf.GGUFWriter, src: Path, vocab_size: int) -> None:
     """Write the vocabulary, special ids, stop ids and chat template of checkpoint `src`."""
     cfg = read_json(src / "tokenizer_config.json")
-    if uses_sentencepiece(src):
-        tokens, scores, types, space_prefix = sentencepiece_vocab(src / "tokenizer.model", cfg, vocab_size)
-        _write_llama(writer, tokens, scores, types, space_prefix)
+    if uses_sentencepiece(src) or (_json_model_type(src) == "Unigram" and (src / "tokenizer.model").is_file()):
+        # a Unigram tokenizer.json is transformers' rewrite of tokenizer.model: convert the original
+        tokens, scores, types, normalizer = sentencepiece_vocab(src / "tokenizer.model", cfg, vocab_size)
+        _write_sentencepiece(writer, tokens, scores, types, **normalizer)
     elif (src / "tokenizer.json").is_file():
         path = src / "tokenizer.json"
         tok = read_json(path)
         model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
+        if model.get("type") == "Unigram":
+            raise ModelError(f"{path} is a Unigram tokenizer.json; loopcli converts unigram vocabularies from the "
+                             "SentencePiece tokenizer.model it was made from: copy that file from the model's "
+                             "repository next to tokenizer.json")
         if model.get("type") != "BPE":
             raise ModelError(f"{path}: tokenizer model {model.get('type')!r} is not supported "
-                             "(byte-level BPE, SentencePiece BPE)")
+                             "(byte-level BPE, SentencePiece BPE, or a tokenizer.model)")
         try:
             if model.get("byte_fallback"):
-                tokens, scores, types, space_prefix = _metaspace_vocab(path, tok, vocab_size)
-                _write_llama(writer, tokens, scores, types, space_prefix)
+                tokens, scores, types, scheme = _metaspace_vocab(path, tok, vocab_size)
+                # llama.cpp's dummy prefix is SentencePiece's: before every text between added
+                # tokens, even one that begins with a space. A Metaspace adds none before a space,
+                # and with "first" (non-legacy) only at the start of the text. For "first" llama.cpp
+                # gets no prefix: exact on prompts that begin with an added token (chat turns), one
+                # space short on a text that does not. Our runtime reads the scheme from our key.
+                _write_sentencepiece(writer, tokens, scores, types, "llama", scheme in ("always", "metaspace-always"))
+                if scheme.startswith("metaspace-"):
+                    writer.add_string(PREPEND_SCHEME_KEY, scheme.removeprefix("metaspace-"))
             else:
                 tokens, types = _byte_level_vocab(path, tok, vocab_size, writer)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -48,13 +60,24 @@ def add_vocab(writer: gguf.GGUFWriter, src: Path, vocab_size: int) -> None:
     _add_special(writer, src, cfg, tokens, types)
 
 
-def _write_llama(writer, tokens, scores, types, space_prefix: bool) -> None:
-    writer.add_tokenizer_model("llama")
+def _json_model_type(src: Path):
+    model = read_json(src / "tokenizer.json").get("model")
+    return model.get("type") if isinstance(model, dict) else None
+
+
+def _write_sentencepiece(writer, tokens, scores, types, model: str, add_space_prefix: bool,
+                         remove_extra_whitespaces: bool = False, precompiled_charsmap: bytes = b"") -> None:
+    """GGUF "llama" (SentencePiece BPE) or "t5" (unigram, with its normalizer) vocabulary keys."""
+    writer.add_tokenizer_model(model)
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    writer.add_add_space_prefix(space_prefix)
+    writer.add_add_space_prefix(add_space_prefix)
+    if model == "t5":
+        writer.add_remove_extra_whitespaces(remove_extra_whitespaces)
+        if precompiled_charsmap:
+            writer.add_precompiled_charsmap(precompiled_charsmap)
 
 
 def _byte_level_vocab(path: Path, tok: dict, vocab_size: int, writer) -> tuple[list[str], list[int]]:
@@ -101,22 +124,25 @@ def _metaspace_vocab(path: Path, tok: dict, vocab_size: int):
         tokens[i], scores[i] = a["content"], -1000.0
         if types[i] != UNKNOWN:
             types[i] = CONTROL if a.get("special") else USER_DEFINED
-    return tokens, scores, types, _prepends_space(tok)
+    return tokens, scores, types, _prepend_scheme(tok)
 
 
-def _prepends_space(tok: dict) -> bool:
-    """Whether this tokenizer.json adds the dummy-prefix U+2581 (normalizer or Metaspace)."""
+def _prepend_scheme(tok: dict) -> str:
+    """When this tokenizer.json adds the dummy-prefix U+2581: "always" (a Prepend normalizer: each
+    text between added tokens), "metaspace-always" / "metaspace-first" (a Metaspace pre-tokenizer's
+    prepend_scheme), or "never"."""
     def walk(node):
         if isinstance(node, dict):
             if node.get("type") == "Prepend" and node.get("prepend") == "\u2581":
-                return True
+                return "always"
             if node.get("type") == "Metaspace":
-                return node.get("prepend_scheme", "always" if node.get("add_prefix_space") else "never") != "never"
-            return any(walk(v) for v in node.values())
+                scheme = node.get("prepend_scheme", "always" if node.get("add_prefix_space", True) else "never")
+                return "never" if scheme == "never" else f"metaspace-{scheme}"
+            return next(filter(None, map(walk, node.values())), None)
         if isinstance(node, list):
-            return any(walk(v) for v in node)
-        return False
-    return walk(tok.get("normalizer")) or walk(tok.get("pre_tokenizer"))
+            return next(filter(None, map(walk, node)), None)
+        return None
+    return walk(tok.get("normalizer")) or walk(tok.get("pre_tokenizer")) or "never"
 
 
 def _add_special(writer: gguf.GGUFWriter, src: Path, cfg: dict, tokens: list[str], types: list[int]) -> None:

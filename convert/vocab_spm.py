@@ -1,7 +1,12 @@
-"""A SentencePiece `tokenizer.model` as a GGUF "llama" vocabulary, laid out as llama.cpp's
-converter lays it out: the model's pieces with their scores and types, the added tokens of
-tokenizer_config.json (`added_tokens_decoder`) and added_tokens.json at their ids, and
-`[PAD{id}]` rows up to the embedding's row count."""
+"""A SentencePiece `tokenizer.model` as a GGUF vocabulary, laid out as llama.cpp's converter lays
+it out: the model's pieces with their scores and types, the added tokens of tokenizer_config.json
+(`added_tokens_decoder`) and added_tokens.json at their ids, and `[PAD{id}]` rows up to the
+embedding's row count.
+
+A BPE model becomes llama.cpp's "llama" vocabulary (merges by score, no normalization); a unigram
+model its "t5" one (UGM: Viterbi over the piece scores after the model's precompiled charsmap, with
+the dummy prefix and whitespace folding of its normalizer spec).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ def pad(vocab_size: int, n: int, path: Path) -> tuple[list[str], list[float], li
 
 
 def sentencepiece_vocab(path: Path, cfg: dict, vocab_size: int):
-    """(tokens, scores, types, add_space_prefix) of `path` plus the checkpoint's added tokens."""
+    """(tokens, scores, types, normalizer) of `path` plus the checkpoint's added tokens.
+
+    `normalizer`: the GGUF tokenizer model ("llama" or "t5") and the keys llama.cpp reads for it."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
@@ -30,15 +37,27 @@ def sentencepiece_vocab(path: Path, cfg: dict, vocab_size: int):
         raise ModelError(f"{path} is not a SentencePiece model ({exc}); re-download it") from None
     if not proto.pieces:
         raise ModelError(f"{path} is not a SentencePiece model (it has no pieces); re-download it")
-    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
-        kind = pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
-        raise ModelError(f"{path} is a SentencePiece {kind} model; only BPE models convert, because llama.cpp's "
-                         "'llama' vocabulary merges pieces by score and would tokenize it differently")
     norm = proto.normalizer_spec
-    if norm.name not in ("", "identity") or norm.precompiled_charsmap or norm.remove_extra_whitespaces:
-        raise ModelError(f"{path} normalizes text ({norm.name or 'custom rules'}"
-                         f"{', removes extra whitespace' if norm.remove_extra_whitespaces else ''}); llama.cpp "
-                         "does not, so its token ids would differ from the model's")
+    kind = proto.trainer_spec.model_type
+    if kind == pb.TrainerSpec.UNIGRAM:
+        if proto.trainer_spec.treat_whitespace_as_suffix or not norm.escape_whitespaces:
+            raise ModelError(f"{path} puts spaces after words or keeps them unescaped; llama.cpp's unigram "
+                             "vocabulary supports neither, so its token ids would differ from the model's")
+        if norm.remove_extra_whitespaces and not norm.add_dummy_prefix:
+            raise ModelError(f"{path} folds whitespace without a dummy prefix; llama.cpp's unigram vocabulary "
+                             "then puts a space before the first word too, so its token ids would differ")
+        normalizer = {"model": "t5", "add_space_prefix": bool(norm.add_dummy_prefix),
+                      "remove_extra_whitespaces": bool(norm.remove_extra_whitespaces),
+                      "precompiled_charsmap": bytes(norm.precompiled_charsmap)}
+    elif kind == pb.TrainerSpec.BPE:
+        if norm.name not in ("", "identity") or norm.precompiled_charsmap or norm.remove_extra_whitespaces:
+            raise ModelError(f"{path} normalizes text ({norm.name or 'custom rules'}"
+                             f"{', removes extra whitespace' if norm.remove_extra_whitespaces else ''}); llama.cpp's "
+                             "BPE vocabulary does not, so its token ids would differ from the model's")
+        normalizer = {"model": "llama", "add_space_prefix": bool(norm.add_dummy_prefix)}
+    else:
+        raise ModelError(f"{path} is a SentencePiece {pb.TrainerSpec.ModelType.Name(kind)} model; only BPE and "
+                         "unigram models convert (llama.cpp has no other SentencePiece vocabulary)")
     tokens, scores, types = pad(vocab_size, len(proto.pieces), path)
     for i, p in enumerate(proto.pieces):
         # SentencePiece's piece types have gguf's TokenType numbers (normal 1 ... byte 6)
@@ -54,4 +73,4 @@ def sentencepiece_vocab(path: Path, cfg: dict, vocab_size: int):
                 types[tid] = CONTROL
             continue
         tokens[tid], scores[tid], types[tid] = text, -1000.0, CONTROL if special else USER_DEFINED
-    return tokens, scores, types, bool(norm.add_dummy_prefix)
+    return tokens, scores, types, normalizer

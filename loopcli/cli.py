@@ -45,11 +45,13 @@ def cli(ctx) -> None:
 @click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
               help="Number of safetensors shards (with an index when > 1).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--tokenizer", type=click.Choice(["spm", "spm-no-prefix", "gpt-2", "starcoder", "llama-bpe", "qwen2",
-                                                "deepseek-coder"]),
+@click.option("--tokenizer", type=click.Choice(["spm", "spm-no-prefix", "spm-unigram", "spm-unigram-nfkc", "gpt-2",
+                                                "starcoder", "llama-bpe", "qwen2", "deepseek-coder"]),
               help="Tokenizer kind: SentencePiece (LoopCoder's; default for loopcoder) or a byte-level "
                    "BPE pre-tokenizer (default qwen2 for llama/qwen2).")
-def synth(out, arch, preset, loops, window, seed, dtype, shards, force, tokenizer):
+@click.option("--vocab-size", type=click.IntRange(512),
+              help="Embedding rows instead of the preset's (SentencePiece: all but 64 are pieces, at most 4032).")
+def synth(out, arch, preset, loops, window, seed, dtype, shards, force, tokenizer, vocab_size):
     """Write a synthetic (random-weight) checkpoint in the real Hugging Face layout to OUT.
 
     The model is random: it runs the whole pipeline but produces no meaningful text.
@@ -63,6 +65,8 @@ def synth(out, arch, preset, loops, window, seed, dtype, shards, force, tokenize
         overrides["plt_num_loops"] = loops
     if window is not None:
         overrides["plt_window_size"] = [window, 0]
+    if vocab_size:
+        overrides["vocab_size"] = vocab_size
     path = write_synthetic(out, arch=arch, preset=preset, seed=seed, dtype=dtype,
                            shards=shards, force=force, tokenizer=tokenizer, **overrides)
     click.echo(f"wrote synthetic {arch} checkpoint ({preset}, random weights) to {path}", err=True)

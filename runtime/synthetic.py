@@ -6,12 +6,17 @@ the real LoopCoder-V2 config at any size, safetensors with exactly the real tens
 `generation_config.json` with the eos list and a ChatML chat template with tool calls. The R = 1
 Llama and Qwen2 layouts come from the same function.
 
-Tokenizers are trained on the fly from a built-in code corpus. LoopCoder gets what the real repo
+Tokenizers are trained on the fly. LoopCoder gets what the real repo
 ships: a SentencePiece BPE `tokenizer.model` (byte fallback, <unk> <s> </s> = 0 1 2) read by a
 custom slow tokenizer class (`auto_map`), the ChatML/FIM tokens as added tokens right after the
 SentencePiece pieces, `[PAD]` rows up to the embedding size, three eos ids, and a Qwen3-Coder XML
-tool-call template. Llama and Qwen2 get a byte-level BPE `tokenizer.json` (any pre-tokenizer of
-`pretokenizers.KNOWN`) and a Hermes JSON tool-call template. Either kind fits either layout.
+tool-call template. It is trained on `synthetic_corpus.txt` (a snapshot of this project's agent
+prompt, tool schemas, docs and source: English prose and code) plus CORPUS, so that with a vocabulary
+of a few thousand rows the agent's prompt takes about as many tokens as a real vocabulary gives it.
+Unigram SentencePiece models (T5-style with NFKC and whitespace folding, or code-style) are there
+for the converter's tests. Llama and Qwen2 get a byte-level BPE `tokenizer.json` (any pre-tokenizer of
+`pretokenizers.KNOWN`, trained on CORPUS) and a Hermes JSON tool-call template. Either kind fits
+either layout.
 Weights are random: these models run the real pipeline but say nothing meaningful.
 """
 
@@ -63,9 +68,19 @@ SPM_ADDED = [("<CLS>", True), ("<SEP>", True), ("<EOD>", True), ("<MASK>", True)
              ("<tool_call>", False), ("</tool_call>", False), ("<tool_response>", False),
              ("</tool_response>", False), ("<think>", False), ("</think>", False)]
 SPM_EOS = ["</s>", "<|im_end|>", "<|endoftext|>"]
-SPM_MAX_PIECES = 448  # what the built-in corpus trains to, leaving >= 46 [PAD] rows in 512
-# tokenizer kinds: SentencePiece (with or without the dummy-prefix space) or a byte-level pre-tokenizer
-TOKENIZERS = ("spm", "spm-no-prefix", *KNOWN)
+# SentencePiece pieces: the vocabulary's rows less 64 (the added tokens and >= 46 [PAD] rows, as
+# the real 76800-row vocabulary has 942), at most SPM_MAX_PIECES (what the corpus trains quickly)
+SPM_ROWS_LEFT, SPM_MAX_PIECES = 64, 4032
+# SentencePiece kinds: (model type, dummy prefix, normalization rule, remove extra whitespace, byte fallback)
+SPM_KINDS = {
+    "spm": ("bpe", True, "identity", False, True),
+    "spm-no-prefix": ("bpe", False, "identity", False, True),
+    # unigram as code models train it, and as T5 does (NFKC charsmap, whitespace folded, no byte fallback)
+    "spm-unigram": ("unigram", True, "identity", False, True),
+    "spm-unigram-nfkc": ("unigram", True, "nmt_nfkc", True, False),
+}
+# tokenizer kinds: SentencePiece (SPM_KINDS) or a byte-level pre-tokenizer
+TOKENIZERS = (*SPM_KINDS, *KNOWN)
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 CORPUS = '''\
@@ -191,32 +206,42 @@ def random_tensors(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> Iterat
 
 
 def spm_pieces(vocab_size: int) -> int:
-    """How many SentencePiece pieces a synthetic vocabulary of `vocab_size` rows has."""
-    if vocab_size < SPM_MAX_PIECES + 64:
-        raise ModelError(f"vocab_size {vocab_size} is too small for the SentencePiece layout (min {SPM_MAX_PIECES + 64})")
-    return SPM_MAX_PIECES
+    """How many SentencePiece pieces a synthetic vocabulary of `vocab_size` rows has (448 in 512)."""
+    if vocab_size < 512:
+        raise ModelError(f"vocab_size {vocab_size} is too small for the SentencePiece layout (min 512)")
+    return min(vocab_size - SPM_ROWS_LEFT, SPM_MAX_PIECES)
 
 
 def eos_ids(tokenizer: str, vocab_size: int) -> list[int]:
-    if tokenizer.startswith("spm"):
+    if tokenizer in SPM_KINDS:
         added = [t for t, _ in SPM_ADDED]
         return [2] + [spm_pieces(vocab_size) + added.index(t) for t in SPM_EOS[1:]]
     return [SPECIAL_TOKENS.index(t) for t in EOS_TOKENS]
 
 
-@functools.lru_cache(maxsize=4)
-def train_sentencepiece(pieces: int, dummy_prefix: bool = True) -> bytes:
-    """A serialized SentencePiece BPE model as Llama-family code models train them: no
-    normalization, whitespace kept, digits split, byte fallback. Cached: tests make many."""
+def training_corpus() -> list[str]:
+    """The SentencePiece training text, one paragraph a sentence."""
+    text = resources.files(__package__).joinpath("synthetic_corpus.txt").read_text(encoding="utf-8")
+    return [p for p in f"{text}\n\n{CORPUS}".split("\n\n") if p.strip()]
+
+
+@functools.lru_cache(maxsize=8)
+def train_sentencepiece(pieces: int, kind: str = "spm") -> bytes:
+    """A serialized SentencePiece model of `kind` (SPM_KINDS). BPE as Llama-family code models
+    train it: no normalization, whitespace kept, digits split, byte fallback. Cached: tests make many."""
     import sentencepiece as spm
 
+    model_type, dummy_prefix, rule, fold_spaces, byte_fallback = SPM_KINDS[kind]
+    corpus = training_corpus()
+    if model_type == "unigram":
+        corpus = corpus[::4]  # unigram trains ~20x slower than BPE; a quarter (50 KB) is plenty for tests
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS.split("\n\n") * 4), model_writer=out, vocab_size=pieces,
-        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, add_dummy_prefix=dummy_prefix, split_digits=True,
+        sentence_iterator=iter(corpus), model_writer=out, vocab_size=pieces,
+        model_type=model_type, byte_fallback=byte_fallback, normalization_rule_name=rule,
+        remove_extra_whitespaces=fold_spaces, add_dummy_prefix=dummy_prefix, split_digits=True,
         allow_whitespace_only_pieces=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2,
-        pad_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+        pad_id=-1, hard_vocab_limit=False, max_sentence_length=1 << 16, num_threads=1, minloglevel=2,
     )
     model = out.getvalue()
     got = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
@@ -282,8 +307,8 @@ def write_synthetic(
     try:
         (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         _write_weights(tmp, cfg, seed, DTYPES[dtype], shards, std)
-        if tokenizer.startswith("spm"):
-            _write_sentencepiece(tmp, cfg, raw, dummy_prefix=tokenizer == "spm")
+        if tokenizer in SPM_KINDS:
+            _write_sentencepiece(tmp, cfg, raw, tokenizer)
         else:
             _write_byte_level(tmp, cfg, raw, tokenizer)
         (tmp / "chat_template.jinja").write_text(chat_template(arch))
@@ -325,10 +350,10 @@ def _added(content: str, special: bool) -> dict:
             "single_word": False, "special": special}
 
 
-def _write_sentencepiece(d: Path, cfg: ModelConfig, raw: dict, dummy_prefix: bool) -> None:
+def _write_sentencepiece(d: Path, cfg: ModelConfig, raw: dict, kind: str) -> None:
     """tokenizer.model and tokenizer_config.json as LoopCoder-V2's repo has them."""
     n = spm_pieces(cfg.vocab_size)
-    (d / "tokenizer.model").write_bytes(train_sentencepiece(n, dummy_prefix))
+    (d / "tokenizer.model").write_bytes(train_sentencepiece(n, kind))
     added = {str(i): _added(t, True) for i, t in enumerate(["<unk>", "<s>", "</s>"])}
     added.update({str(n + k): _added(t, special) for k, (t, special) in enumerate(SPM_ADDED)})
     tok_cfg = {

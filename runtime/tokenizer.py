@@ -3,9 +3,11 @@
 Two kinds, as llama.cpp knows them:
 - byte-level BPE (`tokenizer.json`; GGUF `tokenizer.ggml.model = "gpt2"`), run by the
   `tokenizers` library with the pre-tokenizer of `pretokenizers.KNOWN`;
-- SentencePiece (`tokenizer.model`; GGUF `"llama"`), run by the `sentencepiece` library. From
-  a GGUF the SentencePiece model is rebuilt from the token list, scores and types with llama.cpp's
-  reading of them (BPE merges by score, no normalization but spaces as U+2581, byte fallback).
+- SentencePiece (`tokenizer.model`; GGUF `"llama"` for BPE, `"t5"` for unigram), run by the
+  `sentencepiece` library. From a GGUF the SentencePiece model is rebuilt from the token list,
+  scores and types with llama.cpp's reading of them (BPE merges by score, no normalization but
+  spaces as U+2581, byte fallback; unigram with the precompiled charsmap, dummy prefix and
+  whitespace folding of the GGUF).
   Added tokens (ChatML markers...) are cut out of the text first and every piece between them is
   encoded alone, as transformers' slow tokenizers do (and llama.cpp: a dummy-prefix space after
   each special token).
@@ -29,6 +31,9 @@ from .pretokenizers import KNOWN
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # every stop id (generation_config's eos list), beside the single tokenizer.ggml.eos_token_id
 EOS_IDS_KEY = "tokenizer.loopcli.eos_token_ids"
+# a tokenizer.json's Metaspace prepend_scheme ("always" or "first"): its dummy prefix is not
+# SentencePiece's (none before a space; with "first" only at the start of the text)
+PREPEND_SCHEME_KEY = "tokenizer.loopcli.prepend_scheme"
 
 
 def uses_sentencepiece(model_dir: Path) -> bool:
@@ -93,11 +98,11 @@ class Tokenizer:
             raise ModelError(f"{path} has no usable tokenizer.ggml.tokens/token_type; re-convert it with loopcli convert")
         if model == "gpt2":
             backend = _HF.from_gguf(path, field, tokens, types)
-        elif model == "llama":
-            backend = _SentencePiece.from_gguf(path, field, tokens, types)
+        elif model in ("llama", "t5"):
+            backend = _SentencePiece.from_gguf(path, field, tokens, types, unigram=model == "t5")
         else:
-            raise ModelError(f"{path}: tokenizer model {model!r} is not supported (only 'gpt2' byte-level BPE "
-                             "and 'llama' SentencePiece)")
+            raise ModelError(f"{path}: tokenizer model {model!r} is not supported (only 'gpt2' byte-level BPE, "
+                             "'llama' SentencePiece BPE and 't5' SentencePiece unigram)")
         bos_id = field("tokenizer.ggml.bos_token_id")
         eos_id = field("tokenizer.ggml.eos_token_id")
         eos = {field(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
@@ -171,9 +176,12 @@ class _HF:
 class _SentencePiece:
     """A SentencePiece model plus the added tokens cut out of the text before it runs."""
 
-    def __init__(self, sp, added: dict[str, int]):
+    def __init__(self, sp, added: dict[str, int], metaspace: str | None = None):
         self.sp = sp
         self.added = dict(added)
+        # a Metaspace prepend_scheme: `sp` adds no dummy prefix, _encode_segment adds it as
+        # `tokenizers` does (a space before identity-normalized text is what the dummy prefix is)
+        self.metaspace = metaspace
         self._compile()
 
     def _compile(self) -> None:
@@ -194,20 +202,27 @@ class _SentencePiece:
         return cls(sp, added)
 
     @classmethod
-    def from_gguf(cls, path, field, tokens, types) -> "_SentencePiece":
+    def from_gguf(cls, path, field, tokens, types, unigram: bool = False) -> "_SentencePiece":
         import sentencepiece as spm
 
         scores = field("tokenizer.ggml.scores")
         if scores is None or len(scores) != len(tokens):
             raise ModelError(f"{path} has no tokenizer.ggml.scores for its SentencePiece vocabulary; re-convert it")
-        proto = sentencepiece_proto(tokens, scores, types, bool(field("tokenizer.ggml.add_space_prefix", True)))
+        charsmap = field("tokenizer.ggml.precompiled_charsmap") if unigram else None
+        metaspace = field(PREPEND_SCHEME_KEY) if not unigram else None
+        metaspace = metaspace if metaspace in ("always", "first") else None
+        proto = sentencepiece_proto(
+            tokens, scores, types, bool(field("tokenizer.ggml.add_space_prefix", True)) and not metaspace,
+            unigram=unigram,
+            remove_extra_whitespaces=unigram and bool(field("tokenizer.ggml.remove_extra_whitespaces", False)),
+            precompiled_charsmap=bytes(bytearray(int(b) & 0xFF for b in charsmap)) if charsmap is not None else b"")
         sp = spm.SentencePieceProcessor()
         try:
             sp.load_from_serialized_proto(proto)
         except RuntimeError as exc:
             raise ModelError(f"{path}: its SentencePiece vocabulary is invalid ({exc}); re-convert it") from None
         added = {tokens[i]: i for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED, UNKNOWN)}
-        return cls(sp, added)
+        return cls(sp, added, metaspace=metaspace)
 
     def add(self, token: str | None) -> None:
         tid = None if token is None else self.token_to_id(token)
@@ -226,12 +241,16 @@ class _SentencePiece:
         pos = 0
         for m in self.pattern.finditer(text) if self.pattern else ():
             if m.start() > pos:
-                ids += self.sp.encode(text[pos:m.start()])
+                ids += self._encode_segment(text[pos:m.start()], pos == 0)
             ids.append(self.added[m.group()])
             pos = m.end()
         if pos < len(text):
-            ids += self.sp.encode(text[pos:])
+            ids += self._encode_segment(text[pos:], pos == 0)
         return ids
+
+    def _encode_segment(self, text: str, at_start: bool) -> list[int]:
+        prefix = self.metaspace == "always" or (self.metaspace == "first" and at_start)
+        return self.sp.encode(" " + text if prefix and not text.startswith(" ") else text)
 
     def decode(self, ids: list[int]) -> str:
         out: list[str] = []
@@ -244,19 +263,26 @@ class _SentencePiece:
             elif 0 <= i < n:
                 run.append(i)
         out.append(self.sp.decode(run))
+        if self.metaspace and ids and out[0]:
+            # Metaspace's decoder drops every U+2581 of the first piece (pieces have them in front)
+            n = self.sp.id_to_piece(ids[0]).count("\u2581")
+            out[0] = out[0][n:] if out[0][:n] == " " * n else out[0]
         return "".join(out)
 
 
-def sentencepiece_proto(tokens: list[str], scores, types, add_space_prefix: bool) -> bytes:
-    """A serialized SentencePiece BPE model with the GGUF's vocabulary, read as llama.cpp reads it."""
+def sentencepiece_proto(tokens: list[str], scores, types, add_space_prefix: bool, unigram: bool = False,
+                        remove_extra_whitespaces: bool = False, precompiled_charsmap: bytes = b"") -> bytes:
+    """A serialized SentencePiece model with the GGUF's vocabulary: BPE read as llama.cpp reads a
+    "llama" vocabulary (no normalization), or unigram with the "t5" vocabulary's normalizer."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     m = pb.ModelProto()
-    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM if unigram else pb.TrainerSpec.BPE
     m.trainer_spec.byte_fallback = BYTE in types
-    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.name = "precompiled" if precompiled_charsmap else "identity"
+    m.normalizer_spec.precompiled_charsmap = precompiled_charsmap
     m.normalizer_spec.add_dummy_prefix = add_space_prefix
-    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.remove_extra_whitespaces = remove_extra_whitespaces
     m.normalizer_spec.escape_whitespaces = True
     sp_type = {NORMAL: pb.ModelProto.SentencePiece.NORMAL, UNKNOWN: pb.ModelProto.SentencePiece.UNKNOWN,
                BYTE: pb.ModelProto.SentencePiece.BYTE}

@@ -8,10 +8,11 @@ real safetensors headers (bf16, the real shapes) followed by their 15.2 GB of da
 (`truncate`: sparse files, no disk used; git could not keep them sparse). Reading any tensor
 data from them gives zeros.
 
-The tokenizer is a stand-in: the real repository ships a SentencePiece `tokenizer.model`
-that is not public here, so a byte-level `tokenizer.json` with the real id layout (76800 rows,
-the special tokens at their real ids) is written instead; the metadata size of a plan built
-from it differs from the real file's by the vocabulary strings only.
+The tokenizer is a stand-in of the real file's shape: the real repository ships a SentencePiece
+BPE `tokenizer.model` (75858 pieces, read through tokenizer_config.json's IQuestCoderTokenizer)
+that is not public here, so one with 75858 made-up pieces (<unk> <s> </s>, the 256 byte pieces,
+then "▁t{id}") is written; with the added tokens and [PAD] rows the GGUF has the real 76800-row
+layout, and the metadata size of a plan differs from the real file's by the piece strings only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import shutil
 import struct
 from pathlib import Path
 
-from loopcli.runtime.pretokenizers import KNOWN as PRE_TOKENIZERS
 
 REPLICA = Path(__file__).parent / "loopcoder_v2"
 H, I, V, HEADS, KV = 5120, 27648, 76800, 40, 1024
@@ -52,7 +52,7 @@ def build_replica(dst: Path) -> Path:
         shards.setdefault(shard, []).append(name)
     for shard, names in shards.items():
         write_sparse_shard(dst / shard, {n: shape_of(n) for n in names})
-    write_tokenizer(dst / "tokenizer.json")
+    write_tokenizer(dst / "tokenizer.model")
     return dst
 
 
@@ -73,19 +73,20 @@ def write_sparse_shard(path: Path, shapes: dict[str, list[int]]) -> None:
         f.truncate(8 + len(raw) + offset)
 
 
-def write_tokenizer(path: Path) -> None:
-    """Byte-level BPE with the real ids of the special tokens (tokenizer_config.json)."""
-    config = json.loads((REPLICA / "tokenizer_config.json").read_text())
-    special = {int(i): t["content"] for i, t in config["added_tokens_decoder"].items()}
-    vocab = {f"t{i}": i for i in range(max(special)) if i not in special}
-    tok = {
-        "version": "1.0", "truncation": None, "padding": None, "normalizer": None, "post_processor": None,
-        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True} for i, t in sorted(special.items())],
-        "pre_tokenizer": PRE_TOKENIZERS["qwen2"],
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
-                  "merges": []},
-    }
-    path.write_text(json.dumps(tok))
+def write_tokenizer(path: Path, pieces: int = 75858) -> None:
+    """A SentencePiece BPE model of the real size; tokenizer_config.json's added tokens follow it."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.byte_fallback = True
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = True
+    m.normalizer_spec.remove_extra_whitespaces = False
+    kind = pb.ModelProto.SentencePiece
+    for i, (text, t) in enumerate([("<unk>", kind.UNKNOWN), ("<s>", kind.CONTROL), ("</s>", kind.CONTROL)]
+                                  + [(f"<0x{b:02X}>", kind.BYTE) for b in range(256)]):
+        m.pieces.add(piece=text, score=0.0, type=t)
+    for i in range(len(m.pieces), pieces):
+        m.pieces.add(piece=f"\u2581t{i}", score=-float(i), type=kind.NORMAL)
+    path.write_bytes(m.SerializeToString())

@@ -72,6 +72,29 @@ def test_sentencepiece_without_dummy_prefix(tmp_path):
     assert f("tokenizer.ggml.add_space_prefix") is False
 
 
+@pytest.mark.parametrize("kind", ["spm-unigram", "spm-unigram-nfkc"])
+def test_unigram_layout_as_llama_cpp_writes_it(kind, tmp_path):
+    """A unigram tokenizer.model is llama.cpp's UGM vocabulary ("t5") with its normalizer."""
+    src = write_synthetic(tmp_path / "hf", dtype="f32", tokenizer=kind)
+    f = fields(convert(src, tmp_path / "m.gguf", "f32", show_progress=False))
+    m = pb.ModelProto()
+    m.ParseFromString((src / "tokenizer.model").read_bytes())
+    n = len(m.pieces)
+    assert m.trainer_spec.model_type == pb.TrainerSpec.UNIGRAM
+    assert (f("tokenizer.ggml.model"), f("tokenizer.ggml.pre")) == ("t5", "default")
+    tokens, scores, types = f("tokenizer.ggml.tokens"), f("tokenizer.ggml.scores"), f("tokenizer.ggml.token_type")
+    assert tokens[:n] == [p.piece for p in m.pieces] and types[:n] == [int(p.type) for p in m.pieces]
+    assert scores[:n] == pytest.approx([p.score for p in m.pieces])
+    assert len(tokens) == 512 and tokens[n + 5] == "<|im_start|>" and types[n + 5] == T.CONTROL
+    nfkc = kind == "spm-unigram-nfkc"
+    assert f("tokenizer.ggml.add_space_prefix") is True
+    assert f("tokenizer.ggml.remove_extra_whitespaces") is nfkc
+    charsmap = f("tokenizer.ggml.precompiled_charsmap")
+    assert (bytes(charsmap) if charsmap else b"") == m.normalizer_spec.precompiled_charsmap
+    assert bool(charsmap) is nfkc  # identity has none
+    assert (f("tokenizer.ggml.unknown_token_id"), f("tokenizer.ggml.bos_token_id"), f("tokenizer.ggml.eos_token_id")) == (0, 1, 2)
+
+
 @pytest.mark.parametrize("kind", list(KNOWN))
 def test_byte_level_pre_tokenizer_is_identified(kind, tmp_path):
     src = write_synthetic(tmp_path / "hf", arch="llama", dtype="f32", tokenizer=kind)
@@ -123,10 +146,19 @@ def _edit_model(path, edit):
     path.write_bytes(m.SerializeToString())
 
 
+def _unigram(m):
+    m.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
+
+
 @pytest.mark.parametrize("edit,needle", [
-    (lambda m: setattr(m.trainer_spec, "model_type", pb.TrainerSpec.UNIGRAM), "SentencePiece UNIGRAM model"),
+    (lambda m: setattr(m.trainer_spec, "model_type", pb.TrainerSpec.CHAR), "SentencePiece CHAR model"),
     (lambda m: setattr(m.normalizer_spec, "name", "nmt_nfkc"), r"normalizes text \(nmt_nfkc"),
     (lambda m: setattr(m.normalizer_spec, "remove_extra_whitespaces", True), "removes extra whitespace"),
+    # unigram: what llama.cpp's UGM cannot do
+    (lambda m: (_unigram(m), setattr(m.trainer_spec, "treat_whitespace_as_suffix", True)), "spaces after words"),
+    (lambda m: (_unigram(m), setattr(m.normalizer_spec, "escape_whitespaces", False)), "unescaped"),
+    (lambda m: (_unigram(m), setattr(m.normalizer_spec, "remove_extra_whitespaces", True),
+                setattr(m.normalizer_spec, "add_dummy_prefix", False)), "folds whitespace without a dummy prefix"),
 ])
 def test_sentencepiece_models_llama_cpp_would_misread_are_refused(tmp_path, edit, needle):
     src = write_synthetic(tmp_path / "hf", dtype="f32")
@@ -144,9 +176,10 @@ def test_added_token_beyond_the_embedding_is_refused(tmp_path):
         convert(src, tmp_path / "o.gguf", "f32", show_progress=False)
 
 
-def test_perplexity_of_the_gguf_equals_the_source(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("kind", ["spm", "spm-unigram-nfkc"])
+def test_perplexity_of_the_gguf_equals_the_source(kind, tmp_path, monkeypatch, capsys):
     """A LoopCoder-layout PLT checkpoint with its SentencePiece tokenizer, end to end."""
-    src = write_synthetic(tmp_path / "hf", dtype="f32")
+    src = write_synthetic(tmp_path / "hf", dtype="f32", tokenizer=kind)
     out = convert(src, tmp_path / "m.gguf", "f32", show_progress=False)
     text = tmp_path / "t.txt"
     text.write_text(CORPUS + "Привет, мир! 你好 😀\t\n")
