@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, Union
 
+DEFAULT_MAX_TOKENS = 1024  # completion tokens per model call where the caller gives none
+
 
 class BackendError(Exception):
     """The model or its server failed (unreachable, crashed, bad reply): exit code 3."""

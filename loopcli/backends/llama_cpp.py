@@ -20,7 +20,7 @@ from loopcli.runtime.errors import ModelError
 from loopcli.runtime.gguf_format import PLT
 from loopcli.runtime.gguf_load import check_gguf
 
-from .base import BackendError, Event, Usage
+from .base import DEFAULT_MAX_TOKENS, BackendError, Event, Usage
 from .gguf_context import available_memory, default_context, read_metadata
 from .openai_compat import StreamAssembler
 
@@ -63,7 +63,8 @@ class LlamaCppBackend:
             raise BackendError(f"llama.cpp could not load {self.path} (GGUF architecture {arch!r}): "
                                f"{exc}. Is the architecture one this llama-cpp-python knows?") from None
         self.context_window = self.llm.n_ctx()
-        self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
+        # a cap per call: without one llama.cpp generates until the context is full
+        self.max_tokens, self.temperature, self.seed = max_tokens or DEFAULT_MAX_TOKENS, temperature, seed
 
     def stream(self, messages: list[dict], tools: list[dict]) -> Iterator[Event]:
         assembler = StreamAssembler()

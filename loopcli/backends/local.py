@@ -18,10 +18,9 @@ from loopcli.runtime.errors import ModelError
 from loopcli.runtime.generate import Sampler, TextStream, stop_ids
 from loopcli.runtime.tokenizer import Tokenizer
 
-from .base import BackendError, Event, Finish, Progress, TextDelta, Usage
+from .base import DEFAULT_MAX_TOKENS, BackendError, Event, Finish, Progress, TextDelta, Usage
 
 DECODE_PROGRESS_EVERY = 32  # generated tokens between progress events
-DEFAULT_MAX_TOKENS = 1024  # completion tokens per call
 
 
 class LocalBackend:

@@ -62,10 +62,13 @@ def test_fix_on_llama_cpp_fits_the_agent_prompt_in_8192(request, buggy_repo, tmp
     model = convert(synthetic(tmp_path), tmp_path / "m.gguf", "q8_0", show_progress=False)
     init = backend.LlamaCppBackend.__init__
 
-    def short_replies(self, *args, **kwargs):  # random text: keep each call short
-        init(self, *args, **{**kwargs, "max_tokens": 8, "n_threads": 1})
+    def one_thread(self, *args, **kwargs):
+        init(self, *args, **{**kwargs, "n_threads": 1})
 
-    monkeypatch.setattr(backend.LlamaCppBackend, "__init__", short_replies)
+    monkeypatch.setattr(backend.LlamaCppBackend, "__init__", one_thread)
+    # random text: keep each call short through the backend's default cap (without a cap
+    # llama.cpp would generate until the 8192-token context is full)
+    monkeypatch.setattr(backend, "DEFAULT_MAX_TOKENS", 8)
     trajectory = tmp_path / "run.jsonl"
     code, out, err = run_cli(capsys, monkeypatch, "fix", ISSUE, "--repo", str(buggy_repo),
                              "--backend", "llama.cpp", "--model", str(model), "--ctx", "8192",
@@ -78,3 +81,4 @@ def test_fix_on_llama_cpp_fits_the_agent_prompt_in_8192(request, buggy_repo, tmp
     # the real agent prompt with its tool schemas: well inside 8192
     assert 2500 < first < 5000, first
     assert all(c["usage"]["prompt_tokens"] > first for c in calls[1:])
+    assert all(c["usage"]["completion_tokens"] <= 8 for c in calls), [c["usage"] for c in calls]
