@@ -72,7 +72,7 @@ def _build() -> Kernel | None:
         return Kernel(ctypes.CDLL(path))
     except Exception as exc:  # no compiler, a failed build: the torch path still works
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        why = next((line for line in lines if "error" in line.lower()), lines[-1]).strip()[:300]
+        why = next((line for line in lines if "error:" in line), lines[-1]).strip()[:300]  # the compiler's line
         warnings.warn(f"loopcli: the CPU kernel could not be built ({why}); "
                       "quantized matmuls use the slower torch path", RuntimeWarning, stacklevel=3)
         return None
