@@ -335,18 +335,17 @@ AVX2 inline __m256i piece_avx2(const uint8_t* b, int g, __m256i& qh) {
 template <int T, int MR>
 AVX2 void row_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, float* out) {
   constexpr int BV = T == Q8_0 || T == Q4_0 ? 32 : 256, PIECES = BV / 32;
-  constexpr bool ZERO = T != Q8_0;
   const int nb = (int)(a.K / BV), bb = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
   const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* xq[MR];
   const float *xd[MR], *ds[MR];
-  __m256 acc[MR];
+  __m256 acc[MR], corrv[MR];
   float corr[MR];
   for (int m = 0; m < MR; ++m) {
     xq[m] = a.q + rows[m] * a.K;
     xd[m] = a.d + rows[m] * (a.K / 32);
     ds[m] = a.dsum + rows[m] * (a.K / 16);
-    acc[m] = _mm256_setzero_ps();
+    acc[m] = corrv[m] = _mm256_setzero_ps();
     corr[m] = 0.f;
   }
   Scales sc;
@@ -359,23 +358,33 @@ AVX2 void row_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, float* 
       __m256i u = piece_avx2<T>(blk, g, qh);
       __m256i au = u;
       if constexpr (T == Q8_0) au = _mm256_sign_epi8(u, u);
-      const __m256 sv = _mm256_set_m128(_mm_set1_ps(sc.s[2 * g + 1]), _mm_set1_ps(sc.s[2 * g]));
       for (int m = 0; m < MR; ++m) {
         __m256i x = _mm256_loadu_si256((const __m256i*)(xq[m] + 32 * j));
         if constexpr (T == Q8_0) x = _mm256_sign_epi8(x, u);
         __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(au, x), ones);
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(sv, _mm256_set1_ps(xd[m][j])), acc[m]);
-        if constexpr (ZERO) {
-          if constexpr (T == Q4_0) {
-            corr[m] += (ds[m][2 * j] + ds[m][2 * j + 1]) * sc.s[0];
-          } else {
-            corr[m] += sc.z[2 * g] * ds[m][2 * j] + sc.z[2 * g + 1] * ds[m][2 * j + 1];
-          }
+        __m256 f;
+        if constexpr (T == Q6_K) {  // a scale per 16 values
+          f = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(sc.s[2 * g + 1]), _mm_set1_ps(sc.s[2 * g])),
+                            _mm256_set1_ps(xd[m][j]));
+        } else {
+          f = _mm256_set1_ps(sc.s[2 * g] * xd[m][j]);
         }
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, acc[m]);
+        if constexpr (T == Q4_0) corr[m] += (ds[m][2 * j] + ds[m][2 * j + 1]) * sc.s[0];
+      }
+    }
+    if constexpr (BV == 256) {  // offsets per 16 values: z . (scale * sum of xq)
+      const __m256 z0 = _mm256_loadu_ps(sc.z), z1 = _mm256_loadu_ps(sc.z + 8);
+      for (int m = 0; m < MR; ++m) {
+        corrv[m] = _mm256_fmadd_ps(z0, _mm256_loadu_ps(ds[m] + 16 * b), corrv[m]);
+        corrv[m] = _mm256_fmadd_ps(z1, _mm256_loadu_ps(ds[m] + 16 * b + 8), corrv[m]);
       }
     }
   }
-  for (int m = 0; m < MR; ++m) out[m] = hsum(acc[m]) + (T == Q4_0 ? -8.f * corr[m] : corr[m]);
+  for (int m = 0; m < MR; ++m) {
+    float c = T == Q4_0 ? -8.f * corr[m] : BV == 256 ? hsum(corrv[m]) : 0.f;
+    out[m] = hsum(acc[m]) + c;
+  }
 }
 
 template <int T>
