@@ -480,6 +480,63 @@ AVX2 void tile_avx2(const uint8_t* u, const float* sv, const float* z, const Act
   }
 }
 
+// The same for two weight rows at once: each activation piece loaded once for both (the
+// arithmetic of every output is tile_rows_avx2's).
+template <bool SIGNED, bool ZERO, int MR>
+AVX2 void tile_rows2_avx2(const uint8_t* const u[2], const float* const sv[2], const float* const z[2], const Acts& a,
+                          int64_t m0, float* out0, float* out1) {
+  const int64_t P = a.K / 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2][MR];
+  for (int m = 0; m < MR; ++m) acc[0][m] = acc[1][m] = _mm256_setzero_ps();
+  const int8_t* xq = a.q + m0 * a.K;
+  const float* xd = a.d + m0 * P;
+  for (int64_t j = 0; j < P; ++j) {
+    __m256i w[2], aw[2];
+    __m256 s[2];
+    for (int n = 0; n < 2; ++n) {
+      w[n] = _mm256_loadu_si256((const __m256i*)(u[n] + 32 * j));
+      aw[n] = SIGNED ? _mm256_sign_epi8(w[n], w[n]) : w[n];
+      s[n] = _mm256_loadu_ps(sv[n] + 8 * j);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)(xq + m * a.K + 32 * j));
+      const __m256 xb = _mm256_broadcast_ss(xd + m * P + j);
+      for (int n = 0; n < 2; ++n) {
+        const __m256i xs = SIGNED ? _mm256_sign_epi8(x, w[n]) : x;
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[n], xs), ones);
+        acc[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(s[n], xb), acc[n][m]);
+      }
+    }
+  }
+  float* outs[2] = {out0, out1};
+  for (int n = 0; n < 2; ++n) {
+    for (int m = 0; m < MR; ++m) {
+      float corr = 0.f;
+      if (ZERO) {
+        const float* ds = a.dsum + (m0 + m) * 2 * P;
+        __m256 c = _mm256_setzero_ps();
+        int64_t h = 0;
+        for (; h + 8 <= 2 * P; h += 8) c = _mm256_fmadd_ps(_mm256_loadu_ps(z[n] + h), _mm256_loadu_ps(ds + h), c);
+        corr = hsum(c);
+        for (; h < 2 * P; ++h) corr += z[n][h] * ds[h];
+      }
+      outs[n][m] = hsum(acc[n][m]) + corr;
+    }
+  }
+}
+
+template <bool SIGNED, bool ZERO>
+AVX2 void tile2_avx2(const uint8_t* const u[2], const float* const sv[2], const float* const z[2], const Acts& a,
+                     int64_t m0, int mr, float* out0, float* out1) {
+  switch (mr) {
+    case 1: tile_rows2_avx2<SIGNED, ZERO, 1>(u, sv, z, a, m0, out0, out1); break;
+    case 2: tile_rows2_avx2<SIGNED, ZERO, 2>(u, sv, z, a, m0, out0, out1); break;
+    case 3: tile_rows2_avx2<SIGNED, ZERO, 3>(u, sv, z, a, m0, out0, out1); break;
+    default: tile_rows2_avx2<SIGNED, ZERO, 4>(u, sv, z, a, m0, out0, out1); break;
+  }
+}
+
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -550,6 +607,20 @@ void qgemm(const float* xp, int64_t M, int64_t K, const uint8_t* wp, int64_t N, 
           const uint8_t* u = tl.u.data() + (n - n0) * K;
           const float *sv = tl.sv.data() + (n - n0) * (K / 32) * 8, *z = tl.z.data() + (n - n0) * (K / 16);
 #ifdef QG_X86
+          if (avx2 && n + 1 < n1) {  // two weight rows per pass over the activation pieces
+            const uint8_t* u2[2] = {u, u + K};
+            const float* sv2[2] = {sv, sv + (K / 32) * 8};
+            const float* z2[2] = {z, z + K / 16};
+            float out1[4];
+            if (is_signed) tile2_avx2<true, false>(u2, sv2, z2, acts, m0, mr, out, out1);
+            else tile2_avx2<false, true>(u2, sv2, z2, acts, m0, mr, out, out1);
+            for (int i = 0; i < mr; ++i) {
+              yp[(m0 + i) * N + n] = out[i];
+              yp[(m0 + i) * N + n + 1] = out1[i];
+            }
+            ++n;
+            continue;
+          }
           if (avx2) {
             if (is_signed) tile_avx2<true, false>(u, sv, z, acts, m0, mr, out);
             else tile_avx2<false, true>(u, sv, z, acts, m0, mr, out);
