@@ -21,6 +21,7 @@ import torch
 SOURCE = Path(__file__).with_name("qgemm.cpp")
 TYPES = (2, 8, 12, 13, 14)  # GGML ids the kernel reads: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
 VALUES = {2: 32, 8: 32, 12: 256, 13: 256, 14: 256}  # values per block
+BYTES = {2: 18, 8: 34, 12: 144, 13: 176, 14: 210}  # bytes per block
 DECODE_ROWS = 4  # up to this many rows read the weights once, decoding blocks in registers
 
 _lock = threading.Lock()
@@ -44,8 +45,10 @@ class Kernel:
         are decoded in registers. `scalar` forces the portable code (tests compare the two)."""
         x = x.to(torch.float32).contiguous()
         m, k = x.shape
-        if ggml_type not in VALUES or k % VALUES[ggml_type] or raw.dtype != torch.uint8 or not raw.is_contiguous():
-            raise ValueError(f"qgemm: GGML type {ggml_type} with {k} columns is not a kernel format")
+        if (ggml_type not in VALUES or k % VALUES[ggml_type] or raw.dtype != torch.uint8 or raw.dim() != 2
+                or not raw.is_contiguous() or raw.shape[1] != k // VALUES[ggml_type] * BYTES[ggml_type]):
+            raise ValueError(f"qgemm: GGML type {ggml_type} with {k} columns is not a kernel format "
+                             f"for rows of {raw.shape[-1]} bytes")
         y = torch.empty(m, raw.shape[0], dtype=torch.float32)
         if self._f(x.data_ptr(), m, k, raw.data_ptr(), raw.shape[0], ggml_type, int(scalar),
                    int(tiles or m > DECODE_ROWS), y.data_ptr()):
