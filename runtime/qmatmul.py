@@ -179,7 +179,7 @@ def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | st
         return FloatWeight(w.to(device).clone())
     kernel = cpu_kernels.get() if packed and device.type == "cpu" and ggml_type in cpu_kernels.TYPES else None
     if kernel is not None:
-        return BlockWeight(raw.contiguous().clone(), ggml_type, cols, kernel)
+        return BlockWeight(raw.contiguous(), ggml_type, cols, kernel)  # the bytes as read, not copied again
     if packed and device.type == "cpu" and ggml_type in INT4 + SPLIT8:
         # row blocks of 32 are independent in the packed layout: pack a slice at a time
         pieces = [Int4Weight.from_decoded(blocks.decode(ggml_type, raw[a:a + PACK_ROWS], cols), ggml_type)
