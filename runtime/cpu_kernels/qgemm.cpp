@@ -4,8 +4,9 @@
 // as llama.cpp does, and every 32-value piece of a weight row is a small unsigned integer
 // vector u with w = s * u + z (s and z per 16 values), so a block dot product is an integer
 // dot product (AVX2 maddubs) plus a correction z * sum(xq). Q8_0 is signed: |q| . sign(x, q).
-// Each output element is summed in the same order whatever the number of rows M, so a row's
-// result does not depend on how many rows are multiplied together (chunked prefill == one chunk).
+// Decode (few rows) decodes each block in registers once for all rows; prefill unpacks a tile of
+// weight rows once for all rows. On the prefill path each output is summed in the same order
+// whatever the number of rows M, so a row's result does not depend on the chunk it came in.
 // Work is split over output columns with at::parallel_for: torch's own thread pool, so the
 // extension never adds threads on top of torch's. The AVX2 code is compiled for that target
 // only (function attributes) and chosen at run time; the scalar code is the fallback.
