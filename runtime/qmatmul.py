@@ -1,5 +1,11 @@
 """Weights kept compact in memory and multiplied from that form: `pack` and `linear`.
 
+On a CPU where our kernel builds (cpu_kernels/qgemm.cpp), Q8_0, Q4_0, Q4_K, Q5_K and Q6_K
+weights stay as the GGUF's own blocks (`BlockWeight`, exactly the file's bytes) and are
+multiplied by that kernel: activations quantized to int8 per 32 values, integer block dot
+products (llama.cpp's scheme). Without it (no compiler, LOOPCLI_CPU_KERNEL=0) and for the other
+formats, the torch paths below are used.
+
 Measured on this project's 2-core AVX2 CPU (docs in README, engine section): torch's packed
 int4 CPU matmul (`_weight_int4pack_mm_for_cpu`, bf16 activations, bf16 group scales and
 offsets) reads a 2816x1024 matrix in about a fifth of the time of an f32 matmul at one token,
@@ -22,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import blocks
+from . import blocks, cpu_kernels
 
 INT4 = (blocks.Q4_0, blocks.Q4_1, blocks.Q4_K)
 SPLIT8 = (blocks.Q8_0, blocks.Q5_0, blocks.Q5_1, blocks.Q5_K)
@@ -126,7 +132,23 @@ class Int4Weight:
         return sum(p.numel() * p.element_size() + s.numel() * s.element_size() for p, s in self.parts)
 
 
-Weight = FloatWeight | TiledWeight | Int4Weight
+class BlockWeight:
+    """The GGUF blocks as stored, multiplied by our CPU kernel (cpu_kernels)."""
+
+    def __init__(self, raw: torch.Tensor, ggml_type: int, cols: int, kernel: cpu_kernels.Kernel):
+        self.raw, self.ggml_type, self.kernel = raw, ggml_type, kernel
+        self.rows, self.cols = raw.shape[0], cols
+
+    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
+        y = self.kernel.qgemm(x.reshape(-1, self.cols), self.raw, self.ggml_type, tiles=tiles)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.numel()
+
+
+Weight = FloatWeight | TiledWeight | Int4Weight | BlockWeight
 
 
 def _tiled(x: torch.Tensor, rows: int, tile_of, align: int = 16) -> torch.Tensor:
@@ -155,6 +177,9 @@ def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | st
     if ggml_type in blocks.FLOAT:
         w = raw.contiguous().view(blocks.FLOAT[ggml_type]).reshape(raw.shape[0], cols)
         return FloatWeight(w.to(device).clone())
+    kernel = cpu_kernels.get() if packed and device.type == "cpu" and ggml_type in cpu_kernels.TYPES else None
+    if kernel is not None:
+        return BlockWeight(raw.contiguous(), ggml_type, cols, kernel)  # the bytes as read, not copied again
     if packed and device.type == "cpu" and ggml_type in INT4 + SPLIT8:
         # row blocks of 32 are independent in the packed layout: pack a slice at a time
         pieces = [Int4Weight.from_decoded(blocks.decode(ggml_type, raw[a:a + PACK_ROWS], cols), ggml_type)

@@ -1,0 +1,81 @@
+"""Our CPU kernel for quantized matmuls (qgemm.cpp), built once per machine on first use.
+
+`get()` compiles the C++ source with torch's extension builder (g++ and ninja; the build is
+cached in torch's extensions directory, TORCH_EXTENSIONS_DIR, and redone only when the source
+changes) and returns a `Kernel`, or None with one warning when it cannot be built (no compiler,
+a failed build), or when LOOPCLI_CPU_KERNEL=0 turns it off: callers then keep the torch path.
+The library exports plain C functions called through ctypes (no Python binding to compile;
+ctypes releases the GIL for the call) and threads with torch's own OpenMP pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("qgemm.cpp")
+TYPES = (2, 8, 12, 13, 14)  # GGML ids the kernel reads: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
+VALUES = {2: 32, 8: 32, 12: 256, 13: 256, 14: 256}  # values per block
+BYTES = {2: 18, 8: 34, 12: 144, 13: 176, 14: 210}  # bytes per block
+DECODE_ROWS = 4  # up to this many rows read the weights once, decoding blocks in registers
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+class Kernel:
+    def __init__(self, lib: ctypes.CDLL):
+        self._f = lib.loopcli_qgemm
+        self._f.restype = ctypes.c_int
+        self._f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                            ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        self.avx2 = bool(lib.loopcli_qgemm_has_avx2())
+
+    def qgemm(self, x: torch.Tensor, raw: torch.Tensor, ggml_type: int, tiles: bool = False,
+              scalar: bool = False) -> torch.Tensor:
+        """x float [M, K] @ W.T for W's GGUF rows `raw` uint8 [N, row bytes] -> float32 [M, N].
+
+        `tiles` (or more than DECODE_ROWS rows): weight rows unpacked a tile at a time and shared
+        by all activation rows, whose results then do not depend on M; otherwise (decode) blocks
+        are decoded in registers. `scalar` forces the portable code (tests compare the two)."""
+        x = x.to(torch.float32).contiguous()
+        m, k = x.shape
+        if (ggml_type not in VALUES or k % VALUES[ggml_type] or raw.dtype != torch.uint8 or raw.dim() != 2
+                or not raw.is_contiguous() or raw.shape[1] != k // VALUES[ggml_type] * BYTES[ggml_type]):
+            raise ValueError(f"qgemm: GGML type {ggml_type} with {k} columns is not a kernel format "
+                             f"for rows of {raw.shape[-1]} bytes")
+        y = torch.empty(m, raw.shape[0], dtype=torch.float32)
+        if self._f(x.data_ptr(), m, k, raw.data_ptr(), raw.shape[0], ggml_type, int(scalar),
+                   int(tiles or m > DECODE_ROWS), y.data_ptr()):
+            raise ValueError(f"qgemm: GGML type {ggml_type} is not a kernel format")
+        return y
+
+
+def get() -> Kernel | None:
+    """The compiled kernel, or None (torch path)."""
+    with _lock:
+        if "kernel" not in _state:
+            _state["kernel"] = _build()
+        return _state["kernel"]
+
+
+def _build() -> Kernel | None:
+    if os.environ.get("LOOPCLI_CPU_KERNEL", "1") == "0":
+        return None
+    try:
+        from torch.utils import cpp_extension
+
+        path = cpp_extension.load(name="loopcli_qgemm", sources=[str(SOURCE)], is_python_module=False,
+                                  extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        return Kernel(ctypes.CDLL(path))
+    except Exception as exc:  # no compiler, a failed build: the torch path still works
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        why = next((line for line in lines if "error:" in line), lines[-1]).strip()[:300]  # the compiler's line
+        warnings.warn(f"loopcli: the CPU kernel could not be built ({why}); "
+                      "quantized matmuls use the slower torch path", RuntimeWarning, stacklevel=3)
+        return None
