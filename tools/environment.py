@@ -31,6 +31,7 @@ import signal
 import site
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,13 @@ class SandboxError(ToolError):
 
 @dataclass
 class ShellResult:
-    exit_code: int | None  # None when the command timed out and was killed
+    exit_code: int | None  # None when the command timed out or was interrupted, and was killed
     output: str  # stdout and stderr interleaved; a marker stands where the middle was cut
     timed_out: bool = False
     elided: int = 0  # bytes cut from the middle of the output
     timeout: float = 0.0
     detached: bool = False  # bash exited but background jobs still held the output open
+    interrupted: bool = False  # stopped by the user (the environment's `interrupt`) and killed
 
     def render(self) -> str:
         """The result as the model reads it: output, then how the command ended."""
@@ -78,7 +80,10 @@ class ShellResult:
         if self.detached:
             parts.append("[background processes still hold the output open; what they print "
                          "now is lost. Redirect it to a file: cmd > log 2>&1 &]")
-        if self.timed_out:
+        if self.interrupted:
+            parts.append("[stopped by the user: the command and every process it started were "
+                         "killed]")
+        elif self.timed_out:
             parts.append(f"[timed out after {self.timeout:g} s: the command and every process "
                          "it started were killed. Give a larger timeout, or run less at once]")
         else:
@@ -105,13 +110,14 @@ class LocalEnvironment:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
+        self.interrupt = threading.Event()  # set: the running command is killed (Ctrl+C in chat)
 
     def run(self, command: str | Sequence[str], timeout: float, max_output: int = 30_000,
             writable: Sequence[Path] = (), env: Mapping[str, str] | None = None) -> ShellResult:
         """Run `command` (bash source, or an argv list run as is) in the root, with `env`
         added to the environment."""
         env = {**os.environ, **NON_INTERACTIVE_ENV, **(env or {})}
-        return execute(_argv(command), self.root, env, timeout, max_output)
+        return execute(_argv(command), self.root, env, timeout, max_output, self.interrupt)
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ class SandboxEnvironment:
         self.network = network
         self.limits = limits
         self.bwrap = bwrap_path()
+        self.interrupt = threading.Event()  # set: the running command is killed (Ctrl+C in chat)
 
     def run(self, command: str | Sequence[str], timeout: float, max_output: int = 30_000,
             writable: Sequence[Path] = (), env: Mapping[str, str] | None = None) -> ShellResult:
@@ -144,7 +151,8 @@ class SandboxEnvironment:
         `env`: variables added to the allowlisted environment."""
         argv = [str(self.bwrap), *self.bwrap_args(writable),
                 *self._limited(_argv(command), timeout)]
-        return execute(argv, self.root, {**self.environment(), **(env or {})}, timeout, max_output)
+        return execute(argv, self.root, {**self.environment(), **(env or {})}, timeout, max_output,
+                       self.interrupt)
 
     def bwrap_args(self, writable: Sequence[Path] = ()) -> list[str]:
         """bubblewrap's options: mounts in order (later ones go over earlier ones)."""
@@ -343,9 +351,10 @@ def _argv(command: str | Sequence[str]) -> list[str]:
 
 
 def execute(argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
-            max_output: int) -> ShellResult:
+            max_output: int, interrupt: threading.Event | None = None) -> ShellResult:
     """Run `argv` in its own session, stdin closed, stdout+stderr merged and cut to
-    `max_output` bytes (head and tail); on timeout the whole process group is killed."""
+    `max_output` bytes (head and tail); on timeout, or once `interrupt` is set, the whole
+    process group is killed."""
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -354,8 +363,12 @@ def execute(argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
         raise ToolError(f"cannot start {argv[0]}: {exc.strerror}; is it installed?") from None
     output = _HeadTail(max_output)
     deadline = time.monotonic() + timeout
+    interrupted = False
     try:
-        detached = _pump(proc, output, deadline)
+        detached = _pump(proc, output, deadline, interrupt)
+        if interrupt is not None and interrupt.is_set() and proc.poll() is None:
+            interrupted = True
+            raise subprocess.TimeoutExpired(argv, timeout)  # killed below, like a timeout
         exit_code = proc.wait(timeout=max(deadline - time.monotonic(), 0))
     except subprocess.TimeoutExpired:
         exit_code = None
@@ -365,14 +378,15 @@ def execute(argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
         raise
     text, elided = output.render()
     return ShellResult(
-        exit_code=exit_code, output=_clean(text), timed_out=exit_code is None, elided=elided,
-        timeout=timeout, detached=detached,
+        exit_code=exit_code, output=_clean(text), timed_out=exit_code is None and not interrupted,
+        elided=elided, timeout=timeout, detached=detached, interrupted=interrupted,
     )
 
 
-def _pump(proc: subprocess.Popen, output: _HeadTail, deadline: float) -> bool:
-    """Read output until EOF or the deadline; True when bash exited but background jobs
-    kept the pipe open (their later output is dropped rather than waited for)."""
+def _pump(proc: subprocess.Popen, output: _HeadTail, deadline: float,
+          interrupt: threading.Event | None = None) -> bool:
+    """Read output until EOF, the deadline or the interrupt; True when bash exited but
+    background jobs kept the pipe open (their later output is dropped rather than waited for)."""
     fd = proc.stdout.fileno()
     with proc.stdout, selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
@@ -383,7 +397,7 @@ def _pump(proc: subprocess.Popen, output: _HeadTail, deadline: float) -> bool:
                 exited_at = now
             if exited_at is not None and now - exited_at > DRAIN_GRACE:
                 return True
-            if exited_at is None and now >= deadline:
+            if exited_at is None and (now >= deadline or (interrupt is not None and interrupt.is_set())):
                 return False
             if selector.select(min(deadline - now, 0.1) if exited_at is None else 0.1):
                 chunk = os.read(fd, _CHUNK)

@@ -200,6 +200,8 @@ class ChatApp(App):
         self._keep({"kind": "user", "text": message.text})
         self.busy = True
         self._stop.clear()
+        if self._shell_interrupt is not None:
+            self._shell_interrupt.clear()
         self.refresh_status()
         self._ask(message.text)
 
@@ -453,6 +455,12 @@ class ChatApp(App):
 
     # ---- actions and slash commands --------------------------------------------------------
 
+    @property
+    def _shell_interrupt(self) -> threading.Event | None:
+        """Set to kill the shell command the agent is running (None before the toolbox)."""
+        environment = self.toolbox.environment if self.toolbox is not None else None
+        return getattr(environment, "interrupt", None)
+
     def action_stop(self) -> None:
         if not self.busy:
             self.notify("Nothing to stop. /exit or Ctrl+Q quits.")
@@ -461,6 +469,8 @@ class ChatApp(App):
         cancel = getattr(self.config.backend, "cancel", None)
         if isinstance(cancel, threading.Event):
             cancel.set()  # the local runtime stops within a step
+        if self._shell_interrupt is not None:
+            self._shell_interrupt.set()  # a running shell command is killed
         if self._pending and not self._pending[1].done():
             self._pending[1].set_result("stop")
         self.notify("Stopping…")

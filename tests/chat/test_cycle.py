@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
+
+import psutil
 
 from loopcli.chat.app import ChatApp
 from loopcli.chat.session import SessionStore
@@ -161,6 +164,26 @@ def test_ctrl_c_answers_a_pending_approval(tmp_path, repo):
             await wait_for(pilot, lambda: not app.busy)
             assert "stopped." in screen_text(app)
             assert (repo / "app.py").exists()
+    run(drive())
+
+
+def test_ctrl_c_kills_a_running_shell_command(tmp_path, repo):
+    marker = f"{os.getpid() % 1000 + 6000}"
+    long = {"name": "shell", "arguments": {"command": f"touch started; sleep {marker}"}}
+    app = ChatApp(make_config(repo, RecordingBackend(script(tmp_path, [
+        {"tool_calls": [long]}, {"text": "after the stop"}])), mode="yolo"))
+
+    async def drive():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await type_text(pilot, "wait")
+            await wait_for(pilot, lambda: (repo / "started").exists(), what="the command runs")
+            await pilot.press("ctrl+c")
+            await wait_for(pilot, lambda: not app.busy, what="the turn stops")
+            assert "stopped." in screen_text(app) and app.is_running
+            assert not [p for p in psutil.process_iter(["cmdline"])
+                        if p.info["cmdline"] and p.info["cmdline"][-1] == marker]
+            await type_text(pilot, "again")  # the next command is not interrupted
+            await wait_for(pilot, lambda: "after the stop" in screen_text(app))
     run(drive())
 
 

@@ -202,6 +202,23 @@ def test_timeout_kills_the_sandbox(box):
     assert result.timed_out and time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("kind", ["local", "sandbox"])
+def test_the_interrupt_kills_a_running_command_and_all_it_started(kind, repo, request):
+    env = request.getfixturevalue("box") if kind == "sandbox" else LocalEnvironment(repo)
+    marker = f"{os.getpid() % 1000 + 5000}"
+    threading.Timer(0.5, env.interrupt.set).start()
+    started = time.monotonic()
+    result = env.run(f"echo started; (sleep {marker}1 &); sleep {marker}2", timeout=120)
+    assert result.interrupted and not result.timed_out and result.exit_code is None
+    assert time.monotonic() - started < 20
+    assert result.output == "started\n" and "stopped by the user" in result.render()
+    time.sleep(0.3)
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and p.info["cmdline"][-1].startswith(marker)]
+    env.interrupt.clear()  # the next command runs again
+    assert env.run("echo again", timeout=30).output == "again\n"
+
+
 @linux_only
 def test_file_size_and_cpu_time_are_limited(repo):
     box = SandboxEnvironment(repo, limits=Limits(file_bytes=1 << 20, cpu_seconds=1))
