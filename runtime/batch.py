@@ -5,10 +5,12 @@ are the engine's. One `decode_step` feeds one token to each of B sequences: the 
 every sequence are stacked into B x R rows, so each weight matrix is read once per step for
 all of them, and only attention (which reads each sequence's own cache) runs per sequence.
 
-The engine multiplies packed (quantized) weights with torch's int4 kernel up to
-`qmatmul.PACKED_MAX_ROWS` rows and through f32 tiles beyond, which rounds differently.
-`group_size` gives how many sequences fit that limit: callers step larger batches in groups
-of that size, so a sequence's tokens are the same whether it runs alone or beside others.
+The engine's quantized matmuls take one path up to a number of rows and another beyond,
+which may round differently: torch's int4 kernel up to `qmatmul.PACKED_MAX_ROWS` rows, then
+f32 tiles; our CPU kernel (cpu_kernels) decodes blocks in registers up to `DECODE_ROWS` rows,
+then unpacks tiles (for Q4_0 the offsets are summed in another order). `group_size` gives how
+many sequences stay on the path a sequence decoded alone takes: callers step larger batches in
+groups of that size, so a sequence's tokens are the same whether it runs alone or beside others.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from collections.abc import Sequence
 
 import torch
 
-from . import qmatmul
+from . import cpu_kernels, qmatmul
 from .engine import Engine, State, attend, rms_norm
 
 
 def group_size(engine: Engine) -> int:
     """Sequences per step that keep every matmul on the engine's decode path."""
-    return max(1, qmatmul.PACKED_MAX_ROWS // engine.cfg.num_loops)
+    rows = qmatmul.PACKED_MAX_ROWS
+    if engine.device.type == "cpu" and cpu_kernels.get() is not None:
+        rows = min(rows, cpu_kernels.DECODE_ROWS)
+    return max(1, rows // engine.cfg.num_loops)
 
 
 @torch.inference_mode()

@@ -42,6 +42,32 @@ def test_batched_decode_equals_solo_decode(models, which):
         assert st.tokens == prompts[b] + feeds[b] and 64 in st.snapshots
 
 
+def test_q4_0_batches_equal_solo_decode(tmp_path):
+    """Q4_0 is the format whose CPU-kernel decode and tile paths round apart: groups stay on
+    the decode path, so every sequence still gets its solo logits bit for bit."""
+    from loopcli.convert.export import convert
+    from loopcli.runtime.synthetic import write_synthetic
+
+    src = write_synthetic(tmp_path / "m", arch="loopcoder", dtype="f32", plt_window_size=[3, 0])
+    engine = load(convert(src, tmp_path / "m-q4_0.gguf", "q4_0", show_progress=False), threads=1)
+    gen = torch.Generator().manual_seed(1)
+    vocab = engine.cfg.vocab_size
+    prompts = [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (4, 9, 6, 11)]
+    feeds = [torch.randint(0, vocab, (12,), generator=gen).tolist() for _ in prompts]
+    solo = [_solo(engine, p, f) for p, f in zip(prompts, feeds)]
+    group = batch.group_size(engine)
+    states = []
+    for p in prompts:
+        engine.reset()
+        engine.prefill(p)
+        states.append(engine.state)
+    for step in range(12):
+        for a in range(0, len(states), group):  # as the scheduler steps them
+            logits = batch.decode_step(engine, states[a:a + group], [f[step] for f in feeds[a:a + group]])
+            for b in range(logits.shape[0]):
+                assert torch.equal(logits[b], solo[a + b][step]), (a + b, step)
+
+
 def test_batched_decode_refuses_past_the_context(models):
     engine = load(models["confident"], threads=1, max_context=8)
     engine.prefill(list(range(8)))
