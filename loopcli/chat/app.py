@@ -603,9 +603,12 @@ def widgets_output_chars() -> int:
 
 
 def _loops(backend) -> str:
-    """The model's loop count R, where the backend knows it (the local runtime)."""
+    """The model's loop count R, where the backend knows it: the local runtime's config, and
+    llama.cpp, which runs only R = 1 architectures (it refuses `loopcoder` GGUFs)."""
     cfg = getattr(getattr(backend, "engine", None), "cfg", None)
-    return str(cfg.num_loops) if cfg is not None and hasattr(cfg, "num_loops") else "?"
+    if cfg is not None and hasattr(cfg, "num_loops"):
+        return str(cfg.num_loops)
+    return "1" if getattr(backend, "name", None) == "llama.cpp" else "?"
 
 
 def _short(n: int | None) -> str:

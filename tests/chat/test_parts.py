@@ -219,3 +219,14 @@ def test_resume_refuses_a_session_of_another_repository(tmp_path, repo):
     with pytest.raises(FixError, match="belongs to"):
         prepare(repo, "scripted", str(turns), None, None, 5, None, session.id,
                 SandboxSettings())
+
+
+def test_status_bar_loop_count_comes_from_what_the_backend_knows():
+    from types import SimpleNamespace
+
+    from loopcli.chat.app import _loops
+
+    engine = SimpleNamespace(cfg=SimpleNamespace(num_loops=2))
+    assert _loops(SimpleNamespace(name="local", engine=engine)) == "2"
+    assert _loops(SimpleNamespace(name="llama.cpp")) == "1"  # llama.cpp runs only R = 1 models
+    assert _loops(SimpleNamespace(name="openai")) == "?"
