@@ -364,23 +364,19 @@ class Engine:
         return t.to(self.kv_dtype).to(self.dtype)
 
     def _prefill_chunk(self, ids: torch.Tensor) -> torch.Tensor:
-        """All loops over one chunk, continuing the state; returns the last loop's h_hat [S, H]."""
+        """All loops over one chunk, continuing the state; returns the last loop's h_hat [S, H].
+        Subclasses change where the work runs through _project, _finish, _norm and the
+        _prefill_keys / _attend_global / _attend_local trio, not this order of state updates."""
         cfg, st = self.cfg, self.state
         S, p = ids.shape[0], st.length
         self._reserve(S)
         pos = torch.arange(p, p + S, device=self.device)
         E = self.embed(ids).to(self.dtype)
         cos, sin = self._rope(pos)
-        glob_mask = torch.arange(p + S, device=self.device)[None, :] <= pos[:, None]
-        ring = cfg.window + 1
+        keys = self._prefill_keys(p, pos)
         if cfg.num_loops > 1:
-            slots = torch.arange(ring, device=self.device)
-            ring_pos = (p - 1) - torch.remainder(p - 1 - slots, ring)
-            key_pos = torch.cat([ring_pos, pos])
-            dist = pos[:, None] - key_pos[None, :]
-            loc_mask = (key_pos[None, :] >= 0) & (dist >= 0) & (dist <= cfg.window)
-            keep = min(S, ring)
-            new_slots = torch.remainder(pos[S - keep:], ring)
+            keep = min(S, cfg.window + 1)
+            new_slots = torch.remainder(pos[S - keep:], cfg.window + 1)
         h_hat = None
         for r in range(cfg.num_loops):
             if r == 0:
@@ -394,21 +390,44 @@ class Engine:
                 if r == 0:
                     st.k0[i, :, p:p + S] = k.to(self.kv_dtype)
                     st.v0[i, :, p:p + S] = v.to(self.kv_dtype)
-                y_glob = attend(q, st.k0[i, :, :p + S].to(self.dtype), st.v0[i, :, :p + S].to(self.dtype), glob_mask)
-                if r == 0:
-                    y = y_glob
-                else:
+                y = self._attend_global(q, i, pos, keys)
+                if r > 0:
                     rk, rv = st.ring_k[r - 1, i], st.ring_v[r - 1, i]
-                    y_loc = attend(q, torch.cat([rk.to(self.dtype), self._kv(k)], 1),
-                                   torch.cat([rv.to(self.dtype), self._kv(v)], 1), loc_mask)
+                    y_loc = self._attend_local(q, k, v, rk, rv, pos, keys)
                     rk[:, new_slots] = k[:, S - keep:].to(self.kv_dtype)
                     rv[:, new_slots] = v[:, S - keep:].to(self.kv_dtype)
-                    y = torch.lerp(y_loc, y_glob, self._gate(layer, h, q))
+                    y = torch.lerp(y_loc, y, self._gate(layer, h, q))
                 h = self._finish(layer, h, y, tiles=True)
             last = r == cfg.num_loops - 1
-            h_hat = rms_norm(h, self.norm, cfg.rms_norm_eps) if (last or cfg.normalize_per_loop) else h
+            h_hat = self._norm(h) if (last or cfg.normalize_per_loop) else h
         st.tokens.extend(ids.tolist())
         return h_hat
+
+    def _norm(self, h: torch.Tensor) -> torch.Tensor:
+        return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
+
+    def _prefill_keys(self, p: int, pos: torch.Tensor) -> dict:
+        """What the chunk at positions `pos` (from p) attends: the cache up to its end, the
+        global causal mask, and for loops r >= 1 the mask over ring slots (their positions
+        before the chunk) + the chunk."""
+        S, ring = pos.shape[0], self.cfg.window + 1
+        keys = {"end": p + S, "glob_mask": torch.arange(p + S, device=self.device)[None, :] <= pos[:, None]}
+        if self.cfg.num_loops > 1:
+            slots = torch.arange(ring, device=self.device)
+            key_pos = torch.cat([(p - 1) - torch.remainder(p - 1 - slots, ring), pos])
+            dist = pos[:, None] - key_pos[None, :]
+            keys["loc_mask"] = (key_pos[None, :] >= 0) & (dist >= 0) & (dist <= self.cfg.window)
+        return keys
+
+    def _attend_global(self, q: torch.Tensor, i: int, pos: torch.Tensor, keys: dict) -> torch.Tensor:
+        """The chunk's queries over layer i's loop-0 cache up to the chunk's end."""
+        st, end = self.state, keys["end"]
+        return attend(q, st.k0[i, :, :end].to(self.dtype), st.v0[i, :, :end].to(self.dtype), keys["glob_mask"])
+
+    def _attend_local(self, q, k, v, rk, rv, pos: torch.Tensor, keys: dict) -> torch.Tensor:
+        """The chunk's queries over the loop's ring (before the chunk) and its own K/V."""
+        return attend(q, torch.cat([rk.to(self.dtype), self._kv(k)], 1),
+                      torch.cat([rv.to(self.dtype), self._kv(v)], 1), keys["loc_mask"])
 
     def _fused_step(self, token: int) -> torch.Tensor:
         """All R loops of one token as R rows of one pass; returns the last row's h_hat [H]."""

@@ -76,45 +76,24 @@ class TritonEngine(Engine):
             return rms_norm(U, self.norm, eps)
         return torch.cat([U[:-1], rms_norm(U[-1:], self.norm, eps)])
 
-    def _prefill_chunk(self, ids: torch.Tensor) -> torch.Tensor:
-        """Engine._prefill_chunk with flash attention (same state updates)."""
-        cfg, st = self.cfg, self.state
-        S, p = ids.shape[0], st.length
-        self._reserve(S)
-        pos = torch.arange(p, p + S, device=self.device)
-        E = self.embed(ids).to(self.dtype)
-        cos, sin = self._rope(pos)
-        ring = cfg.window + 1
-        if cfg.num_loops > 1:
-            ring_pos = gd.ring_positions(p - 1, ring, self.device)
-            keep = min(S, ring)
-            new_slots = torch.remainder(pos[S - keep:], ring)
-        h_hat = None
-        for r in range(cfg.num_loops):
-            if r == 0:
-                h = E
-            else:
-                shifted = torch.cat([st.carries[r - 1:r], h_hat[:-1]])
-                st.carries[r - 1] = h_hat[-1]
-                h = cfg.emb_scale * E + cfg.hidden_scale * shifted
-            for i, layer in enumerate(self.layers):
-                q, k, v = self._project(layer, h, cos, sin, tiles=True)
-                if r == 0:
-                    st.k0[i, :, p:p + S] = k.to(self.kv_dtype)
-                    st.v0[i, :, p:p + S] = v.to(self.kv_dtype)
-                y = fa.flash_attention(q, pos, st.k0[i, :, :p + S], st.v0[i, :, :p + S])
-                if r > 0:
-                    rk, rv = st.ring_k[r - 1, i], st.ring_v[r - 1, i]
-                    y_loc = fa.flash_attention(q, pos, rk, rv, ring_pos, k.to(self.kv_dtype), v.to(self.kv_dtype), pos,
-                                               window=cfg.window)
-                    rk[:, new_slots] = k[:, S - keep:].to(self.kv_dtype)
-                    rv[:, new_slots] = v[:, S - keep:].to(self.kv_dtype)
-                    y = torch.lerp(y_loc, y, self._gate(layer, h, q))
-                h = self._finish(layer, h, y, tiles=True)
-            last = r == cfg.num_loops - 1
-            h_hat = rms_norm(h, self.norm, cfg.rms_norm_eps) if (last or cfg.normalize_per_loop) else h
-        st.tokens.extend(ids.tolist())
-        return h_hat
+    def _norm(self, h: torch.Tensor) -> torch.Tensor:
+        return rms_norm(h, self.norm, self.cfg.rms_norm_eps)
+
+    # prefill attention: flash attention instead of masks (Engine._prefill_chunk drives it)
+    def _prefill_keys(self, p: int, pos: torch.Tensor) -> dict:
+        keys = {"end": p + pos.shape[0]}
+        if self.cfg.num_loops > 1:
+            keys["ring_pos"] = gd.ring_positions(p - 1, self.cfg.window + 1, self.device)
+        return keys
+
+    def _attend_global(self, q: torch.Tensor, i: int, pos: torch.Tensor, keys: dict) -> torch.Tensor:
+        end = keys["end"]
+        return fa.flash_attention(q, pos, self.state.k0[i, :, :end], self.state.v0[i, :, :end])
+
+    def _attend_local(self, q, k, v, rk, rv, pos: torch.Tensor, keys: dict) -> torch.Tensor:
+        kvt = self.kv_dtype
+        return fa.flash_attention(q, pos, rk, rv, keys["ring_pos"], k.to(kvt), v.to(kvt), pos,
+                                  window=self.cfg.window)
 
     def _decode(self, token: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """One fused CLP step on device tensors only (token int64 [1], position int64 [1]):
