@@ -140,11 +140,7 @@ class Agent:
         self.messages = [{"role": "system", "content": self.system_prompt},
                          {"role": "user", "content": task}]
         self._start = time.monotonic()
-        while True:
-            try:
-                self.step()
-            except AgentExit as exc:
-                return self._result(exc)
+        return self._until_exit()
 
     def ask(self, text: str) -> RunResult:
         """Chat: one user turn on top of the conversation so far, run until the model answers
@@ -155,6 +151,9 @@ class Agent:
         self.steps = 0
         self._format_errors = 0
         self._start = time.monotonic()
+        return self._until_exit()
+
+    def _until_exit(self) -> RunResult:
         while True:
             try:
                 self.step()
