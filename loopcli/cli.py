@@ -101,13 +101,9 @@ def perplexity(model, text_file, ctx, kl_base, threads, as_json):
 
     from loopcli.runtime.perplexity import perplexity as score
 
-    if not text_file.is_file():
-        what = "is not a regular file" if text_file.exists() else "does not exist"
-        raise ModelError(f"text file {text_file} {what}; give an existing text file to --file")
-    try:
-        text = text_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ModelError(f"{text_file} is not UTF-8 text") from None
+    from loopcli.inputs import read_text_file
+
+    text = read_text_file(text_file)
     net, tok = _load_engine(model, threads)
     base = _load_engine(kl_base, threads)[0] if kl_base else None
     if base is not None and base.cfg.vocab_size != net.cfg.vocab_size:

@@ -9,6 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from loopcli.inputs import read_text_file
 from loopcli.runtime.errors import ModelError
 
 # (JSON key, table label) of each per-loop metric, in table order
@@ -68,19 +69,6 @@ def model_config(path: Path):
     return config_from_gguf(reader, str(path))
 
 
-def read_text(path: Path) -> str:
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "does not exist"
-        raise ModelError(f"text file {path} {what}; give an existing text file to --file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ModelError(f"{path} is not UTF-8 text; give a text file to --file") from None
-    if not text:
-        raise ModelError(f"{path} is empty; give a file with some text to --file")
-    return text
-
-
 def check_options(cfg, ctx: int, loops: int | None, plot: Path | None) -> None:
     if ctx < 2:
         raise ModelError(f"--ctx must be at least 2 tokens, got {ctx}")
@@ -109,7 +97,7 @@ def diagnose(model: Path, files: list[Path], ctx: int = 512, loops: int | None =
     from loopcli.runtime.model import load_model
     from loopcli.runtime.tokenizer import Tokenizer
 
-    texts = [read_text(f) for f in files]
+    texts = [read_text_file(f) for f in files]
     cfg = model_config(model)
     check_options(cfg, ctx, loops, plot)
     tok = Tokenizer.load(model)
