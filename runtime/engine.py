@@ -62,6 +62,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return (torch.softmax(scores, dim=-1) @ v).view(*lead, nh, T, hd)
 
 
+def attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`attend` for a prefill chunk (many query rows): torch's fused attention, which never holds
+    the whole [T, S] score matrix and on this project's CPU ran a 256 x 256 chunk in half the
+    time of the plain matmuls. Each query row's result depends only on its keys."""
+    return F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask,
+                                          enable_gqa=True).squeeze(0)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -422,11 +430,11 @@ class Engine:
     def _attend_global(self, q: torch.Tensor, i: int, pos: torch.Tensor, keys: dict) -> torch.Tensor:
         """The chunk's queries over layer i's loop-0 cache up to the chunk's end."""
         st, end = self.state, keys["end"]
-        return attend(q, st.k0[i, :, :end].to(self.dtype), st.v0[i, :, :end].to(self.dtype), keys["glob_mask"])
+        return attend_chunk(q, st.k0[i, :, :end].to(self.dtype), st.v0[i, :, :end].to(self.dtype), keys["glob_mask"])
 
     def _attend_local(self, q, k, v, rk, rv, pos: torch.Tensor, keys: dict) -> torch.Tensor:
         """The chunk's queries over the loop's ring (before the chunk) and its own K/V."""
-        return attend(q, torch.cat([rk.to(self.dtype), self._kv(k)], 1),
+        return attend_chunk(q, torch.cat([rk.to(self.dtype), self._kv(k)], 1),
                       torch.cat([rv.to(self.dtype), self._kv(v)], 1), keys["loc_mask"])
 
     def _fused_step(self, token: int) -> torch.Tensor:

@@ -1,9 +1,12 @@
 // y = x . W^T straight from GGUF blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) on the CPU.
 //
-// Activations are quantized to int8 per 32 values (scale amax / 127, round to nearest even),
-// as llama.cpp does, and every 32-value piece of a weight row is a small unsigned integer
-// vector u with w = s * u + z (s and z per 16 values), so a block dot product is an integer
-// dot product (AVX2 maddubs) plus a correction z * sum(xq). Q8_0 is signed: |q| . sign(x, q).
+// Activations are quantized to int8 (scale amax / 127, round to nearest even) as llama.cpp
+// does: per 32 values for Q8_0 / Q4_0 (its q8_0), per 256 with integer sums per 16 for the K
+// formats (its q8_K). Every 32-value piece of a weight row is a small unsigned integer vector u
+// (signed for Q8_0: |q| . sign(x, q)), so a piece is an integer dot product (AVX2 maddubs).
+// Q8_0 / Q4_0: w = s * u + z per block, one float multiply-add per piece. K formats: the
+// sub-block scales stay integers (madd), the offsets are an integer dot product with the
+// activation sums, and a super-block costs one float multiply-add per activation row.
 // Decode (few rows) decodes each block in registers once for all rows; prefill unpacks a tile of
 // weight rows once for all rows. On the prefill path each output is summed in the same order
 // whatever the number of rows M, so a row's result does not depend on the chunk it came in.
@@ -72,34 +75,37 @@ void k_scales(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]) {
   }
 }
 
-// Per-super-block scale s and offset z for each 16 values: w = s * u + z.
-// For Q8_0, u is the signed value itself and z is 0.
+// Q8_0 / Q4_0 block: w = s * u + z (for Q8_0 u is the signed value itself and z is 0).
 struct Scales {
-  float s[16], z[16];
+  float s, z;
 };
 
 void block_scales(int t, const uint8_t* b, Scales& out) {
-  switch (t) {
-    case Q8_0: out.s[0] = out.s[1] = f16(b); out.z[0] = out.z[1] = 0.f; break;
-    case Q4_0: out.s[0] = out.s[1] = f16(b); out.z[0] = out.z[1] = -8.f * out.s[0]; break;
-    case Q4_K:
-    case Q5_K: {
-      float d = f16(b), dmin = f16(b + 2);
-      uint8_t sc[8], mn[8];
-      k_scales(b + 4, sc, mn);
-      for (int j = 0; j < 8; ++j) {
-        out.s[2 * j] = out.s[2 * j + 1] = d * sc[j];
-        out.z[2 * j] = out.z[2 * j + 1] = -dmin * mn[j];
-      }
-      break;
-    }
-    case Q6_K: {
-      float d = f16(b + 208);
-      const int8_t* sc = (const int8_t*)(b + 192);
-      for (int j = 0; j < 16; ++j) { out.s[j] = d * sc[j]; out.z[j] = -32.f * out.s[j]; }
-      break;
-    }
+  out.s = f16(b);
+  out.z = t == Q4_0 ? -8.f * out.s : 0.f;
+}
+
+// K super-block as integers: w = d * sc[j] * u - dmin * mn[j] per 16 values j (Q4_K, Q5_K: the
+// 6-bit scale and min of the 32 values that hold j), or w = d * sc[j] * (u - 32) (Q6_K).
+// `off[j]` multiplies the activations' sum over the 16 values: mn[j], or 32 * sc[j] for Q6_K.
+struct KParams {
+  int16_t sc[16], off[16];
+  float d, dmin;
+};
+
+void k_params(int t, const uint8_t* b, KParams& k) {
+  if (t == Q6_K) {
+    const int8_t* sc = (const int8_t*)(b + 192);
+    for (int j = 0; j < 16; ++j) { k.sc[j] = sc[j]; k.off[j] = (int16_t)(32 * sc[j]); }
+    k.d = f16(b + 208);
+    k.dmin = 0.f;
+    return;
   }
+  uint8_t sc[8], mn[8];
+  k_scales(b + 4, sc, mn);
+  for (int j = 0; j < 16; ++j) { k.sc[j] = sc[j / 2]; k.off[j] = mn[j / 2]; }
+  k.d = f16(b);
+  k.dmin = f16(b + 2);
 }
 
 // The 32 integers of piece g (0..block_values/32) of a block, scalar.
@@ -131,10 +137,31 @@ void piece(int t, const uint8_t* b, int g, int u[32]) {
 // Activations: int8 values, a scale per 32 and, per 16, scale * sum of the values.
 struct Acts {
   const int8_t* q;
-  const float* d;
-  const float* dsum;
+  const float* d;  // per 32 values (Q8_0, Q4_0) or per 256 (K formats)
+  const float* dsum;  // Q8_0 / Q4_0: per 16 values, scale * sum of the values
+  const int16_t* bs;  // K formats: per 16 values, the sum of the values
   int64_t K;
 };
+
+bool is_k(int t) { return t == Q4_K || t == Q5_K || t == Q6_K; }
+
+void quantize_row_k_scalar(const float* x, int64_t K, int8_t* q, float* d, int16_t* bs) {
+  for (int64_t b = 0; b < K / 256; ++b) {
+    float amax = 0.f;
+    for (int i = 0; i < 256; ++i) amax = std::max(amax, std::fabs(x[256 * b + i]));
+    float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+    d[b] = s;
+    for (int j = 0; j < 16; ++j) {
+      int sum = 0;
+      for (int64_t i = 256 * b + 16 * j; i < 256 * b + 16 * j + 16; ++i) {
+        int v = (int)std::nearbyint(x[i] * inv);
+        q[i] = (int8_t)v;
+        sum += v;
+      }
+      bs[16 * b + j] = (int16_t)sum;
+    }
+  }
+}
 
 void quantize_row_scalar(const float* x, int64_t K, int8_t* q, float* d, float* dsum) {
   for (int64_t b = 0; b < K / 32; ++b) {
@@ -154,28 +181,56 @@ void quantize_row_scalar(const float* x, int64_t K, int8_t* q, float* d, float* 
   }
 }
 
-// One weight row against `mr` activation rows, scalar.
+// One weight row against `mr` activation rows, scalar (Q8_0, Q4_0).
 void row_scalar(int t, const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
-  int nb = (int)(a.K / block_values(t)), bb = block_bytes(t), pieces = block_values(t) / 32;
+  int nb = (int)(a.K / 32), bb = block_bytes(t);
   for (int m = 0; m < mr; ++m) out[m] = 0.f;
   Scales sc;
   int u[32];
   for (int b = 0; b < nb; ++b) {
     const uint8_t* blk = w + (int64_t)b * bb;
     block_scales(t, blk, sc);
-    for (int g = 0; g < pieces; ++g) {
+    piece(t, blk, 0, u);
+    for (int m = 0; m < mr; ++m) {
+      const int8_t* xq = a.q + rows[m] * a.K + 32 * b;
+      int s0 = 0;
+      for (int i = 0; i < 32; ++i) s0 += u[i] * xq[i];
+      const float* ds = a.dsum + rows[m] * (a.K / 16) + 2 * b;
+      out[m] += a.d[rows[m] * nb + b] * sc.s * s0 + sc.z * (ds[0] + ds[1]);
+    }
+  }
+}
+
+// One weight row of a K format against `mr` activation rows, scalar.
+void krow_scalar(int t, const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
+  const int nb = (int)(a.K / 256), bb = block_bytes(t);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f}, accm[4] = {0.f, 0.f, 0.f, 0.f};
+  KParams k;
+  int u[32];
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + (int64_t)b * bb;
+    k_params(t, blk, k);
+    int64_t isum[4] = {0, 0, 0, 0}, off[4] = {0, 0, 0, 0};
+    for (int g = 0; g < 8; ++g) {
       piece(t, blk, g, u);
-      int64_t j = (int64_t)b * pieces + g;
       for (int m = 0; m < mr; ++m) {
-        const int8_t* xq = a.q + rows[m] * a.K + 32 * j;
-        int s0 = 0, s1 = 0;
-        for (int i = 0; i < 16; ++i) { s0 += u[i] * xq[i]; s1 += u[16 + i] * xq[16 + i]; }
-        float xd = a.d[rows[m] * (a.K / 32) + j];
-        const float* ds = a.dsum + rows[m] * (a.K / 16) + 2 * j;
-        out[m] += xd * (sc.s[2 * g] * s0 + sc.s[2 * g + 1] * s1) + sc.z[2 * g] * ds[0] + sc.z[2 * g + 1] * ds[1];
+        const int8_t* xq = a.q + rows[m] * a.K + 256 * b + 32 * g;
+        for (int i = 0; i < 32; ++i) isum[m] += k.sc[2 * g + i / 16] * u[i] * xq[i];
+      }
+    }
+    for (int m = 0; m < mr; ++m) {
+      const int16_t* bs = a.bs + rows[m] * (a.K / 16) + 16 * b;
+      for (int j = 0; j < 16; ++j) off[m] += k.off[j] * bs[j];
+      const float xd = a.d[rows[m] * nb + b];
+      if (t == Q6_K) {
+        acc[m] += (float)(isum[m] - off[m]) * (k.d * xd);
+      } else {
+        acc[m] += (float)isum[m] * (k.d * xd);
+        accm[m] += (float)off[m] * (k.dmin * xd);
       }
     }
   }
+  for (int m = 0; m < mr; ++m) out[m] = acc[m] - accm[m];
 }
 
 // A tile of weight rows unpacked once for many activation rows (prefill): per row, the 32-value
@@ -194,20 +249,16 @@ struct Tile {
 };
 
 void unpack_scalar(int t, const uint8_t* w, int64_t K, uint8_t* u, float* sv, float* z) {
-  int nb = (int)(K / block_values(t)), bb = block_bytes(t), pieces = block_values(t) / 32;
+  int nb = (int)(K / 32), bb = block_bytes(t);
   Scales sc;
   int v[32];
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* blk = w + (int64_t)b * bb;
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* blk = w + (int64_t)j * bb;
     block_scales(t, blk, sc);
-    for (int g = 0; g < pieces; ++g) {
-      int64_t j = (int64_t)b * pieces + g;
-      piece(t, blk, g, v);
-      for (int i = 0; i < 32; ++i) u[32 * j + i] = (uint8_t)v[i];
-      for (int i = 0; i < 4; ++i) { sv[8 * j + i] = sc.s[2 * g]; sv[8 * j + 4 + i] = sc.s[2 * g + 1]; }
-      z[2 * j] = sc.z[2 * g];
-      z[2 * j + 1] = sc.z[2 * g + 1];
-    }
+    piece(t, blk, 0, v);
+    for (int i = 0; i < 32; ++i) u[32 * j + i] = (uint8_t)v[i];
+    for (int i = 0; i < 8; ++i) sv[8 * j + i] = sc.s;
+    z[2 * j] = z[2 * j + 1] = sc.z;
   }
 }
 
@@ -242,35 +293,57 @@ AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-AVX2 void quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* d, float* dsum) {
+AVX2 inline float amax_avx2(const float* x, int n) {
   const __m256 sign = _mm256_set1_ps(-0.f);
+  __m256 mx = _mm256_setzero_ps();
+  for (int i = 0; i < n; i += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  return _mm_cvtss_f32(m4);
+}
+
+// 32 values times `inv`, rounded to nearest even, stored as int8; the sums of each 16.
+AVX2 inline void round32_avx2(const float* x, float inv, int8_t* q, int sums[2]) {
+  const __m256 iv = _mm256_set1_ps(inv);
+  __m256i i32[4];
+  for (int i = 0; i < 4; ++i) i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), iv));
+  // sums per 16: lanes of i32[0..1] and i32[2..3]
+  __m256i s01 = _mm256_add_epi32(i32[0], i32[1]), s23 = _mm256_add_epi32(i32[2], i32[3]);
+  __m256i h = _mm256_hadd_epi32(s01, s23);  // [a0+a1, a2+a3, c0+c1, c2+c3 | a4+a5, a6+a7, c4+c5, c6+c7]
+  h = _mm256_hadd_epi32(h, h);  // [A03, C03, ., . | A47, C47, ., .]
+  int32_t hs[8];
+  _mm256_storeu_si256((__m256i*)hs, h);
+  sums[0] = hs[0] + hs[4];
+  sums[1] = hs[1] + hs[5];
+  __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]), p16b = _mm256_packs_epi32(i32[2], i32[3]);
+  __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+  // packs interleave 128-bit lanes: restore order 0..31
+  p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256((__m256i*)q, p8);
+}
+
+AVX2 void quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* d, float* dsum) {
   for (int64_t b = 0; b < K / 32; ++b) {
-    __m256 v[4], mx = _mm256_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-      v[i] = _mm256_loadu_ps(x + 32 * b + 8 * i);
-      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[i]));
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    float amax = _mm_cvtss_f32(m4), s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+    float s = amax_avx2(x + 32 * b, 32) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
     d[b] = s;
-    __m256 iv = _mm256_set1_ps(inv);
-    __m256i i32[4];
-    for (int i = 0; i < 4; ++i) i32[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], iv));  // nearest even
-    // sums per 16: lanes of i32[0..1] and i32[2..3]
-    __m256i s01 = _mm256_add_epi32(i32[0], i32[1]), s23 = _mm256_add_epi32(i32[2], i32[3]);
-    __m256i h = _mm256_hadd_epi32(s01, s23);  // [a0+a1, a2+a3, c0+c1, c2+c3 | a4+a5, a6+a7, c4+c5, c6+c7]
-    h = _mm256_hadd_epi32(h, h);  // [A03, C03, ., . | A47, C47, ., .]
-    int32_t hs[8];
-    _mm256_storeu_si256((__m256i*)hs, h);
-    dsum[2 * b] = s * (float)(hs[0] + hs[4]);
-    dsum[2 * b + 1] = s * (float)(hs[1] + hs[5]);
-    __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]), p16b = _mm256_packs_epi32(i32[2], i32[3]);
-    __m256i p8 = _mm256_packs_epi16(p16a, p16b);
-    // packs interleave 128-bit lanes: restore order 0..31
-    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    _mm256_storeu_si256((__m256i*)(q + 32 * b), p8);
+    int sums[2];
+    round32_avx2(x + 32 * b, inv, q + 32 * b, sums);
+    dsum[2 * b] = s * (float)sums[0];
+    dsum[2 * b + 1] = s * (float)sums[1];
+  }
+}
+
+AVX2 void quantize_row_k_avx2(const float* x, int64_t K, int8_t* q, float* d, int16_t* bs) {
+  for (int64_t b = 0; b < K / 256; ++b) {
+    float s = amax_avx2(x + 256 * b, 256) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+    d[b] = s;
+    for (int c = 0; c < 8; ++c) {
+      int sums[2];
+      round32_avx2(x + 256 * b + 32 * c, inv, q + 256 * b + 32 * c, sums);
+      bs[16 * b + 2 * c] = (int16_t)sums[0];
+      bs[16 * b + 2 * c + 1] = (int16_t)sums[1];
+    }
   }
 }
 
@@ -281,28 +354,6 @@ AVX2 inline float h(const uint8_t* p) {
   return _cvtsh_ss(v);
 }
 
-template <int T>
-AVX2 inline void scales_avx2(const uint8_t* b, Scales& out) {
-  if constexpr (T == Q8_0 || T == Q4_0) {
-    out.s[0] = out.s[1] = h(b);
-    out.z[0] = out.z[1] = T == Q4_0 ? -8.f * out.s[0] : 0.f;
-  } else if constexpr (T == Q4_K || T == Q5_K) {
-    const float d = h(b), dmin = h(b + 2);
-    const uint8_t* s = b + 4;
-    for (int j = 0; j < 4; ++j) {
-      float s0 = d * (s[j] & 63), s1 = d * ((s[j + 8] & 15) | ((s[j] >> 6) << 4));
-      float z0 = -dmin * (s[j + 4] & 63), z1 = -dmin * ((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
-      out.s[2 * j] = out.s[2 * j + 1] = s0;
-      out.s[2 * j + 8] = out.s[2 * j + 9] = s1;
-      out.z[2 * j] = out.z[2 * j + 1] = z0;
-      out.z[2 * j + 8] = out.z[2 * j + 9] = z1;
-    }
-  } else {
-    const float d = h(b + 208);
-    const int8_t* sc = (const int8_t*)(b + 192);
-    for (int j = 0; j < 16; ++j) { out.s[j] = d * sc[j]; out.z[j] = -32.f * out.s[j]; }
-  }
-}
 
 // The 32 unsigned (signed for Q8_0) bytes of piece g of a block.
 template <int T>
@@ -332,60 +383,38 @@ AVX2 inline __m256i piece_avx2(const uint8_t* b, int g, __m256i& qh) {
   }
 }
 
-// One weight row against MR activation rows.
+// One weight row against MR activation rows (Q8_0, Q4_0).
 template <int T, int MR>
 AVX2 void row_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, float* out) {
-  constexpr int BV = T == Q8_0 || T == Q4_0 ? 32 : 256, PIECES = BV / 32;
-  const int nb = (int)(a.K / BV), bb = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
+  constexpr int bb = T == Q8_0 ? 34 : 18;
+  const int nb = (int)(a.K / 32);
   const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* xq[MR];
   const float *xd[MR], *ds[MR];
-  __m256 acc[MR], corrv[MR];
+  __m256 acc[MR];
   float corr[MR];
   for (int m = 0; m < MR; ++m) {
     xq[m] = a.q + rows[m] * a.K;
-    xd[m] = a.d + rows[m] * (a.K / 32);
+    xd[m] = a.d + rows[m] * nb;
     ds[m] = a.dsum + rows[m] * (a.K / 16);
-    acc[m] = corrv[m] = _mm256_setzero_ps();
+    acc[m] = _mm256_setzero_ps();
     corr[m] = 0.f;
   }
-  Scales sc;
   __m256i qh = _mm256_setzero_si256();
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* blk = w + (int64_t)b * bb;
-    scales_avx2<T>(blk, sc);
-    for (int g = 0; g < PIECES; ++g) {
-      const int64_t j = (int64_t)b * PIECES + g;
-      __m256i u = piece_avx2<T>(blk, g, qh);
-      __m256i au = u;
-      if constexpr (T == Q8_0) au = _mm256_sign_epi8(u, u);
-      for (int m = 0; m < MR; ++m) {
-        __m256i x = _mm256_loadu_si256((const __m256i*)(xq[m] + 32 * j));
-        if constexpr (T == Q8_0) x = _mm256_sign_epi8(x, u);
-        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(au, x), ones);
-        __m256 f;
-        if constexpr (T == Q6_K) {  // a scale per 16 values
-          f = _mm256_mul_ps(_mm256_set_m128(_mm_set1_ps(sc.s[2 * g + 1]), _mm_set1_ps(sc.s[2 * g])),
-                            _mm256_set1_ps(xd[m][j]));
-        } else {
-          f = _mm256_set1_ps(sc.s[2 * g] * xd[m][j]);
-        }
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, acc[m]);
-        if constexpr (T == Q4_0) corr[m] += (ds[m][2 * j] + ds[m][2 * j + 1]) * sc.s[0];
-      }
-    }
-    if constexpr (BV == 256) {  // offsets per 16 values: z . (scale * sum of xq)
-      const __m256 z0 = _mm256_loadu_ps(sc.z), z1 = _mm256_loadu_ps(sc.z + 8);
-      for (int m = 0; m < MR; ++m) {
-        corrv[m] = _mm256_fmadd_ps(z0, _mm256_loadu_ps(ds[m] + 16 * b), corrv[m]);
-        corrv[m] = _mm256_fmadd_ps(z1, _mm256_loadu_ps(ds[m] + 16 * b + 8), corrv[m]);
-      }
+  for (int j = 0; j < nb; ++j) {
+    const uint8_t* blk = w + (int64_t)j * bb;
+    const float s = h(blk);
+    const __m256i u = piece_avx2<T>(blk, 0, qh);
+    const __m256i au = T == Q8_0 ? _mm256_sign_epi8(u, u) : u;
+    for (int m = 0; m < MR; ++m) {
+      __m256i x = _mm256_loadu_si256((const __m256i*)(xq[m] + 32 * j));
+      if constexpr (T == Q8_0) x = _mm256_sign_epi8(x, u);
+      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(au, x), ones);
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s * xd[m][j]), acc[m]);
+      if constexpr (T == Q4_0) corr[m] += (ds[m][2 * j] + ds[m][2 * j + 1]) * s;
     }
   }
-  for (int m = 0; m < MR; ++m) {
-    float c = T == Q4_0 ? -8.f * corr[m] : BV == 256 ? hsum(corrv[m]) : 0.f;
-    out[m] = hsum(acc[m]) + c;
-  }
+  for (int m = 0; m < MR; ++m) out[m] = hsum(acc[m]) + (T == Q4_0 ? -8.f * corr[m] : 0.f);
 }
 
 template <int T>
@@ -398,42 +427,268 @@ AVX2 void rows_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, int mr
   }
 }
 
-AVX2 void row_dispatch_avx2(int t, const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
-  switch (t) {
-    case Q8_0: rows_avx2<Q8_0>(w, a, rows, mr, out); break;
-    case Q4_0: rows_avx2<Q4_0>(w, a, rows, mr, out); break;
-    case Q4_K: rows_avx2<Q4_K>(w, a, rows, mr, out); break;
-    case Q5_K: rows_avx2<Q5_K>(w, a, rows, mr, out); break;
-    case Q6_K: rows_avx2<Q6_K>(w, a, rows, mr, out); break;
-  }
-}
-
 template <int T>
 AVX2 void unpack_avx2(const uint8_t* w, int64_t K, uint8_t* u, float* sv, float* z) {
-  constexpr int BV = T == Q8_0 || T == Q4_0 ? 32 : 256, PIECES = BV / 32;
-  const int nb = (int)(K / BV), bb = T == Q8_0 ? 34 : T == Q4_0 ? 18 : T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
-  Scales sc;
+  constexpr int bb = T == Q8_0 ? 34 : 18;
   __m256i qh = _mm256_setzero_si256();
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* blk = w + (int64_t)b * bb;
-    scales_avx2<T>(blk, sc);
-    for (int g = 0; g < PIECES; ++g) {
-      const int64_t j = (int64_t)b * PIECES + g;
-      _mm256_storeu_si256((__m256i*)(u + 32 * j), piece_avx2<T>(blk, g, qh));
-      _mm256_storeu_ps(sv + 8 * j, _mm256_set_m128(_mm_set1_ps(sc.s[2 * g + 1]), _mm_set1_ps(sc.s[2 * g])));
-      z[2 * j] = sc.z[2 * g];
-      z[2 * j + 1] = sc.z[2 * g + 1];
-    }
+  for (int64_t j = 0; j < K / 32; ++j) {
+    const uint8_t* blk = w + j * bb;
+    const float s = h(blk);
+    _mm256_storeu_si256((__m256i*)(u + 32 * j), piece_avx2<T>(blk, 0, qh));
+    _mm256_storeu_ps(sv + 8 * j, _mm256_set1_ps(s));
+    z[2 * j] = z[2 * j + 1] = T == Q4_0 ? -8.f * s : 0.f;
   }
 }
 
 AVX2 void unpack_dispatch_avx2(int t, const uint8_t* w, int64_t K, uint8_t* u, float* sv, float* z) {
+  if (t == Q8_0) unpack_avx2<Q8_0>(w, K, u, sv, z);
+  else unpack_avx2<Q4_0>(w, K, u, sv, z);
+}
+
+// K formats. A super-block as integer multipliers, in registers: per piece g the int16 scales
+// of its pair sums (maddubs lanes 0-7 hold values 0-15, lanes 8-15 values 16-31), the offsets'
+// multipliers of the 16 activation sums, and d, dmin.
+struct KRegs {
+  __m256i sc[8];
+  __m256i off;
+  float d, dmin;
+};
+
+// Byte shuffle that fills a 128-bit lane with int16 element e (of that lane): bytes 2e, 2e + 1.
+AVX2 inline __m256i pick16(int lo, int hi) {
+  return _mm256_set_m128i(_mm_set1_epi16((short)(0x0101 * 2 * hi + 0x0100)), _mm_set1_epi16((short)(0x0101 * 2 * lo + 0x0100)));
+}
+
+template <int T>
+AVX2 inline void kregs_avx2(const uint8_t* b, KRegs& k) {
+  if constexpr (T == Q6_K) {
+    const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(b + 192)));  // 16 scales
+    k.off = _mm256_slli_epi16(s16, 5);  // 32 * sc
+    const __m256i first = _mm256_permute2x128_si256(s16, s16, 0x00), second = _mm256_permute2x128_si256(s16, s16, 0x11);
+    for (int g = 0; g < 4; ++g) {  // piece g: scale 2g on its first 16 values, 2g + 1 on the next 16
+      k.sc[g] = _mm256_shuffle_epi8(first, pick16(2 * g, 2 * g + 1));
+      k.sc[g + 4] = _mm256_shuffle_epi8(second, pick16(2 * g, 2 * g + 1));
+    }
+    k.d = h(b + 208);
+    k.dmin = 0.f;
+  } else {
+    // the 12 scale bytes -> 8 six-bit scales (bytes 0-7) and 8 mins (bytes 8-15), as 32-bit words
+    uint32_t w[3];
+    std::memcpy(w, b + 4, 12);
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, top2 = 0x03030303;
+    const __m128i sm = _mm_set_epi32((int)(((w[2] >> 4) & low4) | (((w[1] >> 6) & top2) << 4)), (int)(w[1] & low6),
+                                     (int)((w[2] & low4) | (((w[0] >> 6) & top2) << 4)), (int)(w[0] & low6));
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    for (int g = 0; g < 8; ++g) k.sc[g] = _mm256_shuffle_epi8(sc, pick16(g, g));
+    const __m128i mn = _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8));  // 8 mins as int16
+    k.off = _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));  // each min twice
+    k.d = h(b);
+    k.dmin = h(b + 2);
+  }
+}
+
+// The same, kept in memory for the prefill path (plain int16 arrays read with unaligned loads,
+// so vectors of it need no over-aligned allocation).
+struct KBlock {
+  int16_t sc[8][16];
+  int16_t off[16];
+  float d, dmin;
+};
+
+AVX2 inline void kblock_store(const KRegs& k, KBlock& kb) {
+  for (int g = 0; g < 8; ++g) _mm256_storeu_si256((__m256i*)kb.sc[g], k.sc[g]);
+  _mm256_storeu_si256((__m256i*)kb.off, k.off);
+  kb.d = k.d;
+  kb.dmin = k.dmin;
+}
+
+AVX2 inline void kblock_load(const KBlock& kb, KRegs& k) {
+  for (int g = 0; g < 8; ++g) k.sc[g] = _mm256_loadu_si256((const __m256i*)kb.sc[g]);
+  k.off = _mm256_loadu_si256((const __m256i*)kb.off);
+  k.d = kb.d;
+  k.dmin = kb.dmin;
+}
+
+// One super-block (pieces u) against one activation row: sum over the pieces of sc * (u . xq)
+// in integers, then one float multiply-add (and one for the offsets). Decode and prefill both
+// call this, so their results are the same bits.
+template <int T>
+AVX2 inline void kdot_avx2(const __m256i* u, const KRegs& k, const int8_t* xq, const int16_t* bs, float xd,
+                           __m256& acc, __m256& accm) {
+  __m256i isum = _mm256_setzero_si256();
+  for (int g = 0; g < 8; ++g) {
+    const __m256i p = _mm256_maddubs_epi16(u[g], _mm256_loadu_si256((const __m256i*)(xq + 32 * g)));
+    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k.sc[g]));
+  }
+  const __m256i off = _mm256_madd_epi16(k.off, _mm256_loadu_si256((const __m256i*)bs));
+  if constexpr (T == Q6_K) {  // w = d * sc * (u - 32): the offset is an integer too
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum, off)), _mm256_set1_ps(k.d * xd), acc);
+  } else {
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(k.d * xd), acc);
+    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(k.dmin * xd), accm);
+  }
+}
+
+// Decode: one weight row against MR activation rows, each super-block decoded in registers once.
+template <int T, int MR>
+AVX2 void krow_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, float* out) {
+  constexpr int bb = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
+  const int nb = (int)(a.K / 256);
+  __m256 acc[MR], accm[MR];
+  for (int m = 0; m < MR; ++m) acc[m] = accm[m] = _mm256_setzero_ps();
+  KRegs k;
+  __m256i u[8], qh = _mm256_setzero_si256();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + (int64_t)b * bb;
+    kregs_avx2<T>(blk, k);
+    for (int g = 0; g < 8; ++g) u[g] = piece_avx2<T>(blk, g, qh);
+    for (int m = 0; m < MR; ++m)
+      kdot_avx2<T>(u, k, a.q + rows[m] * a.K + 256 * b, a.bs + rows[m] * (a.K / 16) + 16 * b,
+                   a.d[rows[m] * nb + b], acc[m], accm[m]);
+  }
+  for (int m = 0; m < MR; ++m) out[m] = hsum(acc[m]) - hsum(accm[m]);
+}
+
+template <int T>
+AVX2 void krows_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
+  switch (mr) {
+    case 1: krow_avx2<T, 1>(w, a, rows, out); break;
+    case 2: krow_avx2<T, 2>(w, a, rows, out); break;
+    case 3: krow_avx2<T, 3>(w, a, rows, out); break;
+    default: krow_avx2<T, 4>(w, a, rows, out); break;
+  }
+}
+
+AVX2 void row_dispatch_avx2(int t, const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
   switch (t) {
-    case Q8_0: unpack_avx2<Q8_0>(w, K, u, sv, z); break;
-    case Q4_0: unpack_avx2<Q4_0>(w, K, u, sv, z); break;
-    case Q4_K: unpack_avx2<Q4_K>(w, K, u, sv, z); break;
-    case Q5_K: unpack_avx2<Q5_K>(w, K, u, sv, z); break;
-    case Q6_K: unpack_avx2<Q6_K>(w, K, u, sv, z); break;
+    case Q8_0: rows_avx2<Q8_0>(w, a, rows, mr, out); break;
+    case Q4_0: rows_avx2<Q4_0>(w, a, rows, mr, out); break;
+    case Q4_K: krows_avx2<Q4_K>(w, a, rows, mr, out); break;
+    case Q5_K: krows_avx2<Q5_K>(w, a, rows, mr, out); break;
+    case Q6_K: krows_avx2<Q6_K>(w, a, rows, mr, out); break;
+  }
+}
+
+// Prefill: a K weight row unpacked once (its pieces as bytes and its KBlocks) ...
+template <int T>
+AVX2 void kunpack_avx2(const uint8_t* w, int64_t K, uint8_t* u, KBlock* kb) {
+  constexpr int bb = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
+  __m256i qh = _mm256_setzero_si256();
+  for (int64_t b = 0; b < K / 256; ++b) {
+    const uint8_t* blk = w + b * bb;
+    KRegs k;
+    kregs_avx2<T>(blk, k);
+    kblock_store(k, kb[b]);
+    for (int g = 0; g < 8; ++g) _mm256_storeu_si256((__m256i*)(u + 256 * b + 32 * g), piece_avx2<T>(blk, g, qh));
+  }
+}
+
+// ... and MR activation rows passing over it (the same kdot_avx2 as decode).
+template <int T, int MR>
+AVX2 void ktile_rows_avx2(const uint8_t* u, const KBlock* kb, const Acts& a, int64_t m0, float* out) {
+  const int nb = (int)(a.K / 256);
+  __m256 acc[MR], accm[MR];
+  for (int m = 0; m < MR; ++m) acc[m] = accm[m] = _mm256_setzero_ps();
+  __m256i uv[8];
+  KRegs k;
+  for (int b = 0; b < nb; ++b) {
+    for (int g = 0; g < 8; ++g) uv[g] = _mm256_loadu_si256((const __m256i*)(u + 256 * b + 32 * g));
+    kblock_load(kb[b], k);
+    for (int m = 0; m < MR; ++m)
+      kdot_avx2<T>(uv, k, a.q + (m0 + m) * a.K + 256 * b, a.bs + (m0 + m) * (a.K / 16) + 16 * b,
+                   a.d[(m0 + m) * nb + b], acc[m], accm[m]);
+  }
+  for (int m = 0; m < MR; ++m) out[m] = hsum(acc[m]) - hsum(accm[m]);
+}
+
+// Two unpacked weight rows against MR activation rows, each activation piece loaded once for
+// both. The integer sums are exact whatever their order and the float steps are kdot_avx2's, so
+// every output has the same bits as on the one-row path.
+template <int T, int MR>
+AVX2 void ktile_rows2_avx2(const uint8_t* u0, const uint8_t* u1, const KBlock* kb0, const KBlock* kb1, const Acts& a,
+                           int64_t m0, float* out0, float* out1) {
+  const int nb = (int)(a.K / 256);
+  __m256 acc[2][MR], accm[2][MR];
+  for (int m = 0; m < MR; ++m) acc[0][m] = accm[0][m] = acc[1][m] = accm[1][m] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    __m256i isum[2][MR];
+    for (int m = 0; m < MR; ++m) isum[0][m] = isum[1][m] = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g) {
+      const __m256i w0 = _mm256_loadu_si256((const __m256i*)(u0 + 256 * b + 32 * g));
+      const __m256i w1 = _mm256_loadu_si256((const __m256i*)(u1 + 256 * b + 32 * g));
+      const __m256i s0 = _mm256_loadu_si256((const __m256i*)kb0[b].sc[g]);
+      const __m256i s1 = _mm256_loadu_si256((const __m256i*)kb1[b].sc[g]);
+      for (int m = 0; m < MR; ++m) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(a.q + (m0 + m) * a.K + 256 * b + 32 * g));
+        isum[0][m] = _mm256_add_epi32(isum[0][m], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x), s0));
+        isum[1][m] = _mm256_add_epi32(isum[1][m], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x), s1));
+      }
+    }
+    const KBlock* kbs[2] = {kb0 + b, kb1 + b};
+    for (int m = 0; m < MR; ++m) {
+      const __m256i bs = _mm256_loadu_si256((const __m256i*)(a.bs + (m0 + m) * (a.K / 16) + 16 * b));
+      const float xd = a.d[(m0 + m) * nb + b];
+      for (int n = 0; n < 2; ++n) {
+        const __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)kbs[n]->off), bs);
+        if constexpr (T == Q6_K) {
+          acc[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[n][m], off)),
+                                      _mm256_set1_ps(kbs[n]->d * xd), acc[n][m]);
+        } else {
+          acc[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[n][m]), _mm256_set1_ps(kbs[n]->d * xd), acc[n][m]);
+          accm[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(kbs[n]->dmin * xd), accm[n][m]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    out0[m] = hsum(acc[0][m]) - hsum(accm[0][m]);
+    out1[m] = hsum(acc[1][m]) - hsum(accm[1][m]);
+  }
+}
+
+template <int T>
+AVX2 void ktile2_avx2(const uint8_t* u0, const uint8_t* u1, const KBlock* kb0, const KBlock* kb1, const Acts& a,
+                      int64_t m0, int mr, float* out0, float* out1) {
+  switch (mr) {
+    case 1: ktile_rows2_avx2<T, 1>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
+    case 2: ktile_rows2_avx2<T, 2>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
+    case 3: ktile_rows2_avx2<T, 3>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
+    default: ktile_rows2_avx2<T, 4>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
+  }
+}
+
+template <int T>
+AVX2 void ktile_avx2(const uint8_t* u, const KBlock* kb, const Acts& a, int64_t m0, int mr, float* out) {
+  switch (mr) {
+    case 1: ktile_rows_avx2<T, 1>(u, kb, a, m0, out); break;
+    case 2: ktile_rows_avx2<T, 2>(u, kb, a, m0, out); break;
+    case 3: ktile_rows_avx2<T, 3>(u, kb, a, m0, out); break;
+    default: ktile_rows_avx2<T, 4>(u, kb, a, m0, out); break;
+  }
+}
+
+AVX2 void kunpack_dispatch_avx2(int t, const uint8_t* w, int64_t K, uint8_t* u, KBlock* kb) {
+  switch (t) {
+    case Q4_K: kunpack_avx2<Q4_K>(w, K, u, kb); break;
+    case Q5_K: kunpack_avx2<Q5_K>(w, K, u, kb); break;
+    case Q6_K: kunpack_avx2<Q6_K>(w, K, u, kb); break;
+  }
+}
+
+AVX2 void ktile2_dispatch_avx2(int t, const uint8_t* u0, const uint8_t* u1, const KBlock* kb0, const KBlock* kb1,
+                               const Acts& a, int64_t m0, int mr, float* out0, float* out1) {
+  switch (t) {
+    case Q4_K: ktile2_avx2<Q4_K>(u0, u1, kb0, kb1, a, m0, mr, out0, out1); break;
+    case Q5_K: ktile2_avx2<Q5_K>(u0, u1, kb0, kb1, a, m0, mr, out0, out1); break;
+    case Q6_K: ktile2_avx2<Q6_K>(u0, u1, kb0, kb1, a, m0, mr, out0, out1); break;
+  }
+}
+
+AVX2 void ktile_dispatch_avx2(int t, const uint8_t* u, const KBlock* kb, const Acts& a, int64_t m0, int mr, float* out) {
+  switch (t) {
+    case Q4_K: ktile_avx2<Q4_K>(u, kb, a, m0, mr, out); break;
+    case Q5_K: ktile_avx2<Q5_K>(u, kb, a, m0, mr, out); break;
+    case Q6_K: ktile_avx2<Q6_K>(u, kb, a, m0, mr, out); break;
   }
 }
 
@@ -546,91 +801,154 @@ bool cpu_has_avx2() {
 bool cpu_has_avx2() { return false; }
 #endif
 
-constexpr int64_t NTILE = 16;  // weight rows kept hot while every activation row passes
+// Quantized activations for weight type t: int8 values and per 32 values (Q8_0, Q4_0) the scale
+// and scaled sums per 16, or per 256 (K formats) the scale and integer sums per 16.
+struct ActBuffers {
+  std::vector<int8_t> q;
+  std::vector<float> d, dsum;
+  std::vector<int16_t> bs;
+  Acts acts;
+
+  ActBuffers(const float* x, int64_t M, int64_t K, int t, bool avx2) : q(M * K) {
+    const bool k = is_k(t);
+    d.resize(M * (K / (k ? 256 : 32)));
+    if (k) bs.resize(M * (K / 16));
+    else dsum.resize(M * (K / 16));
+    at::parallel_for(0, M, 16, [&](int64_t a, int64_t b) {
+      for (int64_t m = a; m < b; ++m) {
+        const float* xm = x + m * K;
+        int8_t* qm = q.data() + m * K;
+#ifdef QG_X86
+        if (avx2) {
+          if (k) quantize_row_k_avx2(xm, K, qm, d.data() + m * (K / 256), bs.data() + m * (K / 16));
+          else quantize_row_avx2(xm, K, qm, d.data() + m * (K / 32), dsum.data() + m * (K / 16));
+          continue;
+        }
+#endif
+        if (k) quantize_row_k_scalar(xm, K, qm, d.data() + m * (K / 256), bs.data() + m * (K / 16));
+        else quantize_row_scalar(xm, K, qm, d.data() + m * (K / 32), dsum.data() + m * (K / 16));
+      }
+    });
+    acts = Acts{q.data(), d.data(), dsum.data(), bs.data(), K};
+  }
+};
+
+// Output columns n0..n1 on the decode path: each weight block decoded in registers once for up
+// to 4 activation rows.
+void decode_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int type, bool avx2, int64_t n0,
+                 int64_t n1, int64_t N, float* yp) {
+  int64_t rows[4];
+  float out[4];
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int mr = (int)std::min<int64_t>(4, M - m0);
+      for (int i = 0; i < mr; ++i) rows[i] = m0 + i;
+#ifdef QG_X86
+      if (avx2) row_dispatch_avx2(type, wp + n * rb, acts, rows, mr, out);
+      else
+#endif
+      if (is_k(type)) krow_scalar(type, wp + n * rb, acts, rows, mr, out);
+      else row_scalar(type, wp + n * rb, acts, rows, mr, out);
+      for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n] = out[i];
+    }
+  }
+}
+
+#ifdef QG_X86
+// Output columns n0..n1 on the prefill path, K formats: the weight rows unpacked once, then
+// every activation row passes over them.
+void ktile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int type, int64_t n0, int64_t n1,
+                int64_t N, float* yp) {
+  const int64_t K = acts.K;
+  std::vector<uint8_t> u((n1 - n0) * K);
+  std::vector<KBlock> kb((n1 - n0) * (K / 256));
+  for (int64_t n = n0; n < n1; ++n)
+    kunpack_dispatch_avx2(type, wp + n * rb, K, u.data() + (n - n0) * K, kb.data() + (n - n0) * (K / 256));
+  const int64_t nb = K / 256;
+  float out[4], out1[4];
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int mr = (int)std::min<int64_t>(4, M - m0);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* un = u.data() + (n - n0) * K;
+      const KBlock* kn = kb.data() + (n - n0) * nb;
+      if (n + 1 < n1) {  // two weight rows per pass over the activation pieces
+        ktile2_dispatch_avx2(type, un, un + K, kn, kn + nb, acts, m0, mr, out, out1);
+        for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n + 1] = out1[i];
+      } else {
+        ktile_dispatch_avx2(type, un, kn, acts, m0, mr, out);
+      }
+      for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n] = out[i];
+      n += n + 1 < n1;
+    }
+  }
+}
+#endif
+
+// Output columns n0..n1 on the prefill path, Q8_0 / Q4_0: the weight rows unpacked once (bytes,
+// scale vectors, offsets), then every activation row passes, two weight rows per pass.
+void tile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int type, bool avx2, int64_t n0,
+               int64_t n1, int64_t N, float* yp) {
+  const int64_t K = acts.K;
+  const bool is_signed = type == Q8_0;
+  Tile tl;
+  tl.resize(n1 - n0, K);
+  float out[4];
+  for (int64_t n = n0; n < n1; ++n) {
+    uint8_t* u = tl.u.data() + (n - n0) * K;
+    float *sv = tl.sv.data() + (n - n0) * (K / 32) * 8, *z = tl.z.data() + (n - n0) * (K / 16);
+#ifdef QG_X86
+    if (avx2) unpack_dispatch_avx2(type, wp + n * rb, K, u, sv, z);
+    else
+#endif
+      unpack_scalar(type, wp + n * rb, K, u, sv, z);
+  }
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int mr = (int)std::min<int64_t>(4, M - m0);
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* u = tl.u.data() + (n - n0) * K;
+      const float *sv = tl.sv.data() + (n - n0) * (K / 32) * 8, *z = tl.z.data() + (n - n0) * (K / 16);
+#ifdef QG_X86
+      if (avx2 && n + 1 < n1) {
+        const uint8_t* u2[2] = {u, u + K};
+        const float* sv2[2] = {sv, sv + (K / 32) * 8};
+        const float* z2[2] = {z, z + K / 16};
+        float out1[4];
+        if (is_signed) tile2_avx2<true, false>(u2, sv2, z2, acts, m0, mr, out, out1);
+        else tile2_avx2<false, true>(u2, sv2, z2, acts, m0, mr, out, out1);
+        for (int i = 0; i < mr; ++i) {
+          yp[(m0 + i) * N + n] = out[i];
+          yp[(m0 + i) * N + n + 1] = out1[i];
+        }
+        ++n;
+        continue;
+      }
+      if (avx2) {
+        if (is_signed) tile_avx2<true, false>(u, sv, z, acts, m0, mr, out);
+        else tile_avx2<false, true>(u, sv, z, acts, m0, mr, out);
+      } else
+#endif
+        for (int i = 0; i < mr; ++i) out[i] = tile_dot_scalar(is_signed, u, sv, z, acts, m0 + i);
+      for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n] = out[i];
+    }
+  }
+}
+
+constexpr int64_t NTILE = 16;  // weight rows per task (and kept hot on the prefill path)
 
 void qgemm(const float* xp, int64_t M, int64_t K, const uint8_t* wp, int64_t N, int type, bool scalar, bool unpacked,
            float* yp) {
-  std::vector<int8_t> q(M * K);
-  std::vector<float> d(M * (K / 32)), ds(M * (K / 16));
   const bool avx2 = !scalar && cpu_has_avx2();
-  int8_t* qp = q.data();
-  float *dp = d.data(), *dsp = ds.data();
-  at::parallel_for(0, M, 16, [&](int64_t a, int64_t b) {
-    for (int64_t m = a; m < b; ++m) {
-#ifdef QG_X86
-      if (avx2) { quantize_row_avx2(xp + m * K, K, qp + m * K, dp + m * (K / 32), dsp + m * (K / 16)); continue; }
-#endif
-      quantize_row_scalar(xp + m * K, K, qp + m * K, dp + m * (K / 32), dsp + m * (K / 16));
-    }
-  });
-  const Acts acts{qp, dp, dsp, K};
+  const ActBuffers act(xp, M, K, type, avx2);
   const int64_t rb = K / block_values(type) * block_bytes(type);
-  const int64_t tiles = (N + NTILE - 1) / NTILE;
-  if (!unpacked) {  // decode: each weight block decoded in registers for the few rows
-    at::parallel_for(0, tiles, 1, [&](int64_t ta, int64_t tb) {
-      int64_t rows[4];
-      float out[4];
-      for (int64_t n = ta * NTILE; n < std::min(N, tb * NTILE); ++n) {
-        for (int64_t m0 = 0; m0 < M; m0 += 4) {
-          const int mr = (int)std::min<int64_t>(4, M - m0);
-          for (int i = 0; i < mr; ++i) rows[i] = m0 + i;
-#ifdef QG_X86
-          if (avx2) row_dispatch_avx2(type, wp + n * rb, acts, rows, mr, out);
-          else
-#endif
-            row_scalar(type, wp + n * rb, acts, rows, mr, out);
-          for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n] = out[i];
-        }
-      }
-    });
-    return;
-  }
-  // prefill: a tile of weight rows unpacked once, then every activation row passes over it
-  const bool is_signed = type == Q8_0, zero = type != Q8_0;
-  at::parallel_for(0, tiles, 1, [&](int64_t ta, int64_t tb) {
-    Tile tl;
-    tl.resize(NTILE, K);
-    float out[4];
+  at::parallel_for(0, (N + NTILE - 1) / NTILE, 1, [&](int64_t ta, int64_t tb) {
     for (int64_t tile = ta; tile < tb; ++tile) {
       const int64_t n0 = tile * NTILE, n1 = std::min(N, n0 + NTILE);
-      for (int64_t n = n0; n < n1; ++n) {
-        uint8_t* u = tl.u.data() + (n - n0) * K;
-        float *sv = tl.sv.data() + (n - n0) * (K / 32) * 8, *z = tl.z.data() + (n - n0) * (K / 16);
+      // the scalar K code has no unpacked form: each row's result never depends on M there
+      if (!unpacked || (is_k(type) && !avx2)) decode_rows(act.acts, M, wp, rb, type, avx2, n0, n1, N, yp);
 #ifdef QG_X86
-        if (avx2) unpack_dispatch_avx2(type, wp + n * rb, K, u, sv, z);
-        else
+      else if (is_k(type)) ktile_rows(act.acts, M, wp, rb, type, n0, n1, N, yp);
 #endif
-          unpack_scalar(type, wp + n * rb, K, u, sv, z);
-      }
-      for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        const int mr = (int)std::min<int64_t>(4, M - m0);
-        for (int64_t n = n0; n < n1; ++n) {
-          const uint8_t* u = tl.u.data() + (n - n0) * K;
-          const float *sv = tl.sv.data() + (n - n0) * (K / 32) * 8, *z = tl.z.data() + (n - n0) * (K / 16);
-#ifdef QG_X86
-          if (avx2 && n + 1 < n1) {  // two weight rows per pass over the activation pieces
-            const uint8_t* u2[2] = {u, u + K};
-            const float* sv2[2] = {sv, sv + (K / 32) * 8};
-            const float* z2[2] = {z, z + K / 16};
-            float out1[4];
-            if (is_signed) tile2_avx2<true, false>(u2, sv2, z2, acts, m0, mr, out, out1);
-            else tile2_avx2<false, true>(u2, sv2, z2, acts, m0, mr, out, out1);
-            for (int i = 0; i < mr; ++i) {
-              yp[(m0 + i) * N + n] = out[i];
-              yp[(m0 + i) * N + n + 1] = out1[i];
-            }
-            ++n;
-            continue;
-          }
-          if (avx2) {
-            if (is_signed) tile_avx2<true, false>(u, sv, z, acts, m0, mr, out);
-            else tile_avx2<false, true>(u, sv, z, acts, m0, mr, out);
-          } else
-#endif
-            for (int i = 0; i < mr; ++i) out[i] = tile_dot_scalar(is_signed, u, sv, z, acts, m0 + i);
-          for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n] = out[i];
-        }
-      }
+      else tile_rows(act.acts, M, wp, rb, type, avx2, n0, n1, N, yp);
     }
   });
 }

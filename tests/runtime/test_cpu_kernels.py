@@ -32,9 +32,10 @@ def raw_blocks(w: np.ndarray, t: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(quantize(w, t)).view(np.uint8).reshape(w.shape[0], -1))
 
 
-def int8_activations(x: torch.Tensor) -> torch.Tensor:
-    """The kernel's activation rounding, in torch: per 32 values, scale amax / 127, round half even."""
-    g = x.reshape(x.shape[0], -1, 32)
+def int8_activations(x: torch.Tensor, t: int) -> torch.Tensor:
+    """The kernel's activation rounding, in torch: per 32 values for Q8_0 / Q4_0 and per 256 for
+    the K formats (llama.cpp's q8_0 and q8_K), scale amax / 127, round half even."""
+    g = x.reshape(x.shape[0], -1, blocks.BLOCK[t][0])
     d = g.abs().amax(-1, keepdim=True) / 127
     inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
     return (torch.round(g * inv) * d).reshape(x.shape)
@@ -45,7 +46,7 @@ def case(t: int, n: int, k: int, m: int, seed: int):
     w = (0.05 * rng.standard_normal((n, k))).astype(np.float32)
     raw = raw_blocks(w, t)
     x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
-    ref = int8_activations(x).double() @ blocks.dequantize(t, raw, k).double().T
+    ref = int8_activations(x, t).double() @ blocks.dequantize(t, raw, k).double().T
     return x, raw, ref
 
 
