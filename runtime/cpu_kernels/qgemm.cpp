@@ -793,6 +793,97 @@ AVX2 void tile2_avx2(const uint8_t* const u[2], const float* const sv[2], const 
   }
 }
 
+// Prefill GEMM for Q4_K / Q5_K: 8 weight rows interleaved, so one 32-byte vector holds 4 values
+// of each row and the 8 rows' results sit in the 8 lanes of one accumulator. The activation's 4
+// values are broadcast, and since 4-bit (5-bit) values times int8 stay small, the int16 pair sums
+// of a whole 32-value piece (half a piece) add up before one multiply by the rows' scales: about
+// 1.1 multiplies per 32 products instead of 2.
+struct K8Block {
+  uint8_t u[8][8][32];  // [piece][group of 4 values][4 r + i]: row r's values 4 g + i of the piece
+  int16_t sc[8][16];  // [piece][2 r + p]: row r's scale of the piece (twice: its two pair sums)
+  int16_t mn[4][16];  // [q][2 r + p]: row r's min of piece 2 q + p
+  float d[8], dmin[8];
+};
+
+template <int T>
+AVX2 void k8unpack_avx2(const uint8_t* w, int64_t rb, int64_t K, K8Block* out) {
+  constexpr int bb = T == Q4_K ? 144 : 176;
+  alignas(32) uint8_t rows[8][256];
+  for (int64_t b = 0; b < K / 256; ++b) {
+    K8Block& o = out[b];
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* blk = w + r * rb + b * bb;
+      __m256i qh = _mm256_setzero_si256();
+      for (int g = 0; g < 8; ++g) _mm256_store_si256((__m256i*)(rows[r] + 32 * g), piece_avx2<T>(blk, g, qh));
+      KParams p;
+      k_params(T, blk, p);
+      for (int j = 0; j < 8; ++j) o.sc[j][2 * r] = o.sc[j][2 * r + 1] = p.sc[2 * j];
+      for (int q = 0; q < 4; ++q) { o.mn[q][2 * r] = p.off[4 * q]; o.mn[q][2 * r + 1] = p.off[4 * q + 2]; }
+      o.d[r] = p.d;
+      o.dmin[r] = p.dmin;
+    }
+    for (int j = 0; j < 8; ++j)
+      for (int g = 0; g < 8; ++g)
+        for (int r = 0; r < 8; ++r) std::memcpy(o.u[j][g] + 4 * r, rows[r] + 32 * j + 4 * g, 4);
+  }
+}
+
+// MR activation rows against 8 interleaved weight rows: out[m * 8 + r].
+template <int T, int MR>
+AVX2 void k8rows_avx2(const K8Block* kb, const Acts& a, int64_t m0, float* out) {
+  const int nb = (int)(a.K / 256);
+  __m256 acc[MR], accm[MR];
+  for (int m = 0; m < MR; ++m) acc[m] = accm[m] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const K8Block& B = kb[b];
+    __m256i isum[MR];
+    for (int m = 0; m < MR; ++m) isum[m] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i sc = _mm256_loadu_si256((const __m256i*)B.sc[j]);
+      __m256i s16[MR];
+      for (int m = 0; m < MR; ++m) s16[m] = _mm256_setzero_si256();
+      for (int g = 0; g < 8; ++g) {
+        const __m256i wv = _mm256_loadu_si256((const __m256i*)B.u[j][g]);
+        for (int m = 0; m < MR; ++m) {
+          int32_t x4;
+          std::memcpy(&x4, a.q + (m0 + m) * a.K + 256 * b + 32 * j + 4 * g, 4);
+          s16[m] = _mm256_add_epi16(s16[m], _mm256_maddubs_epi16(wv, _mm256_set1_epi32(x4)));
+        }
+        if (T == Q5_K && g == 3) {  // 5-bit values: int16 holds half a piece's sums
+          for (int m = 0; m < MR; ++m) {
+            isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(s16[m], sc));
+            s16[m] = _mm256_setzero_si256();
+          }
+        }
+      }
+      for (int m = 0; m < MR; ++m) isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(s16[m], sc));
+    }
+    const __m256 d = _mm256_loadu_ps(B.d), dmin = _mm256_loadu_ps(B.dmin);
+    for (int m = 0; m < MR; ++m) {
+      const int16_t* bs = a.bs + (m0 + m) * (a.K / 16) + 16 * b;
+      __m256i o = _mm256_setzero_si256();
+      for (int q = 0; q < 4; ++q) {  // the activation sums of pieces 2q and 2q + 1
+        const uint32_t pair = (uint16_t)(bs[4 * q] + bs[4 * q + 1]) | (uint32_t)(uint16_t)(bs[4 * q + 2] + bs[4 * q + 3]) << 16;
+        o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)B.mn[q]), _mm256_set1_epi32((int)pair)));
+      }
+      const __m256 xd = _mm256_set1_ps(a.d[(m0 + m) * nb + b]);
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, xd), acc[m]);
+      accm[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_mul_ps(dmin, xd), accm[m]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) _mm256_storeu_ps(out + 8 * m, _mm256_sub_ps(acc[m], accm[m]));
+}
+
+template <int T>
+AVX2 void k8_avx2(const K8Block* kb, const Acts& a, int64_t m0, int mr, float* out) {
+  switch (mr) {
+    case 1: k8rows_avx2<T, 1>(kb, a, m0, out); break;
+    case 2: k8rows_avx2<T, 2>(kb, a, m0, out); break;
+    case 3: k8rows_avx2<T, 3>(kb, a, m0, out); break;
+    default: k8rows_avx2<T, 4>(kb, a, m0, out); break;
+  }
+}
+
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -860,6 +951,26 @@ void decode_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int
 void ktile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int type, int64_t n0, int64_t n1,
                 int64_t N, float* yp) {
   const int64_t K = acts.K;
+  if (type != Q6_K) {  // whole groups of 8 rows through the interleaved GEMM
+    const int64_t n8 = n0 + (n1 - n0) / 8 * 8, nb = K / 256;
+    std::vector<K8Block> kb8((n8 - n0) / 8 * nb);
+    for (int64_t n = n0; n < n8; n += 8) {
+      if (type == Q4_K) k8unpack_avx2<Q4_K>(wp + n * rb, rb, K, kb8.data() + (n - n0) / 8 * nb);
+      else k8unpack_avx2<Q5_K>(wp + n * rb, rb, K, kb8.data() + (n - n0) / 8 * nb);
+    }
+    float out[32];
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int mr = (int)std::min<int64_t>(4, M - m0);
+      for (int64_t n = n0; n < n8; n += 8) {
+        const K8Block* kn = kb8.data() + (n - n0) / 8 * nb;
+        if (type == Q4_K) k8_avx2<Q4_K>(kn, acts, m0, mr, out);
+        else k8_avx2<Q5_K>(kn, acts, m0, mr, out);
+        for (int i = 0; i < mr; ++i) std::memcpy(yp + (m0 + i) * N + n, out + 8 * i, 8 * sizeof(float));
+      }
+    }
+    n0 = n8;
+    if (n0 == n1) return;
+  }
   std::vector<uint8_t> u((n1 - n0) * K);
   std::vector<KBlock> kb((n1 - n0) * (K / 256));
   for (int64_t n = n0; n < n1; ++n)
