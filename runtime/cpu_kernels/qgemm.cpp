@@ -884,6 +884,58 @@ AVX2 void k8_avx2(const K8Block* kb, const Acts& a, int64_t m0, int mr, float* o
   }
 }
 
+// Prefill GEMM for Q8_0: 8 weight rows interleaved (4 values of each row per 32-byte vector), so
+// the 8 rows' sums of a block sit in one vector and take one float step together.
+struct Q8Block8 {
+  int8_t w[8][32];  // [group of 4 values][4 r + i]
+  float d[8];
+};
+
+AVX2 void q8unpack_avx2(const uint8_t* w, int64_t rb, int64_t K, Q8Block8* out) {
+  for (int64_t j = 0; j < K / 32; ++j) {
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* blk = w + r * rb + j * 34;
+      out[j].d[r] = h(blk);
+      for (int g = 0; g < 8; ++g) std::memcpy(out[j].w[g] + 4 * r, blk + 2 + 4 * g, 4);
+    }
+  }
+}
+
+template <int MR>
+AVX2 void q8rows_avx2(const Q8Block8* kb, const Acts& a, int64_t m0, float* out) {
+  const int nb = (int)(a.K / 32);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MR];
+  for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_ps();
+  for (int j = 0; j < nb; ++j) {
+    __m256i isum[MR];
+    for (int m = 0; m < MR; ++m) isum[m] = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g) {
+      const __m256i wv = _mm256_loadu_si256((const __m256i*)kb[j].w[g]);
+      const __m256i aw = _mm256_sign_epi8(wv, wv);
+      for (int m = 0; m < MR; ++m) {
+        int32_t x4;
+        std::memcpy(&x4, a.q + (m0 + m) * a.K + 32 * j + 4 * g, 4);
+        const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(x4), wv);
+        isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+      }
+    }
+    const __m256 d = _mm256_loadu_ps(kb[j].d);
+    for (int m = 0; m < MR; ++m)
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a.d[(m0 + m) * nb + j])), acc[m]);
+  }
+  for (int m = 0; m < MR; ++m) _mm256_storeu_ps(out + 8 * m, acc[m]);
+}
+
+AVX2 void q8x8_avx2(const Q8Block8* kb, const Acts& a, int64_t m0, int mr, float* out) {
+  switch (mr) {
+    case 1: q8rows_avx2<1>(kb, a, m0, out); break;
+    case 2: q8rows_avx2<2>(kb, a, m0, out); break;
+    case 3: q8rows_avx2<3>(kb, a, m0, out); break;
+    default: q8rows_avx2<4>(kb, a, m0, out); break;
+  }
+}
+
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -1000,6 +1052,23 @@ void ktile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int 
 void tile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int type, bool avx2, int64_t n0,
                int64_t n1, int64_t N, float* yp) {
   const int64_t K = acts.K;
+#ifdef QG_X86
+  if (avx2 && type == Q8_0) {  // whole groups of 8 rows through the interleaved GEMM
+    const int64_t n8 = n0 + (n1 - n0) / 8 * 8, nb = K / 32;
+    std::vector<Q8Block8> kb8((n8 - n0) / 8 * nb);
+    for (int64_t n = n0; n < n8; n += 8) q8unpack_avx2(wp + n * rb, rb, K, kb8.data() + (n - n0) / 8 * nb);
+    float out[32];
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int mr = (int)std::min<int64_t>(4, M - m0);
+      for (int64_t n = n0; n < n8; n += 8) {
+        q8x8_avx2(kb8.data() + (n - n0) / 8 * nb, acts, m0, mr, out);
+        for (int i = 0; i < mr; ++i) std::memcpy(yp + (m0 + i) * N + n, out + 8 * i, 8 * sizeof(float));
+      }
+    }
+    n0 = n8;
+    if (n0 == n1) return;
+  }
+#endif
   const bool is_signed = type == Q8_0;
   Tile tl;
   tl.resize(n1 - n0, K);
