@@ -8,7 +8,7 @@ all of them, and only attention (which reads each sequence's own cache) runs per
 The engine's quantized matmuls take one path up to a number of rows and another beyond,
 which may round differently: torch's int4 kernel up to `qmatmul.PACKED_MAX_ROWS` rows, then
 f32 tiles; our CPU kernel (cpu_kernels) decodes blocks in registers up to `DECODE_ROWS` rows,
-then unpacks tiles (for Q4_0 the offsets are summed in another order). `group_size` gives how
+then multiplies interleaved tiles of 8 weight rows, which sums in another order. `group_size` gives how
 many sequences stay on the path a sequence decoded alone takes: callers step larger batches in
 groups of that size, so a sequence's tokens are the same whether it runs alone or beside others.
 """

@@ -17,8 +17,8 @@ def _solo(engine, prompt, feed):
 
 @pytest.mark.parametrize("which", ["confident", "tool"])
 def test_batched_decode_equals_solo_decode(models, which):
-    """Quantized (packed) weights: bit for bit. F32 weights go through a dense GEMM whose rounding
-    depends on the number of rows: equal within float rounding."""
+    """Stepped in groups as the scheduler steps them. Quantized weights: bit for bit. F32 weights go
+    through a dense GEMM whose rounding depends on the number of rows: equal within float rounding."""
     engine = load(models[which], threads=1)
     vocab = engine.cfg.vocab_size
     gen = torch.Generator().manual_seed(0)
@@ -30,21 +30,24 @@ def test_batched_decode_equals_solo_decode(models, which):
         engine.reset()
         engine.prefill(p)
         states.append(engine.state)
-    assert batch.group_size(engine) * engine.cfg.num_loops <= 8
+    group = batch.group_size(engine)
+    assert 1 < group and group * engine.cfg.num_loops <= 8
     for step in range(70):
-        logits = batch.decode_step(engine, states, [f[step] for f in feeds])
-        for b in range(len(states)):
-            if which == "confident":  # q8_0
-                assert torch.equal(logits[b], solo[b][step]), (b, step)
-            else:  # f32
-                assert torch.allclose(logits[b], solo[b][step], rtol=1e-5, atol=1e-4), (b, step)
+        for a in range(0, len(states), group):
+            logits = batch.decode_step(engine, states[a:a + group], [f[step] for f in feeds[a:a + group]])
+            for b in range(logits.shape[0]):
+                if which == "confident":  # q8_0
+                    assert torch.equal(logits[b], solo[a + b][step]), (a + b, step)
+                else:  # f32
+                    assert torch.allclose(logits[b], solo[a + b][step], rtol=1e-5, atol=1e-4), (a + b, step)
     for b, st in enumerate(states):
         assert st.tokens == prompts[b] + feeds[b] and 64 in st.snapshots
 
 
 def test_q4_0_batches_equal_solo_decode(tmp_path):
-    """Q4_0 is the format whose CPU-kernel decode and tile paths round apart: groups stay on
-    the decode path, so every sequence still gets its solo logits bit for bit."""
+    """The CPU kernel's decode and prefill paths round apart (for Q4_0 even the offsets are
+    summed in another order): groups stay on the decode path, so every sequence still gets its
+    solo logits bit for bit."""
     from loopcli.convert.export import convert
     from loopcli.runtime.synthetic import write_synthetic
 
