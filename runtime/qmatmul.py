@@ -133,14 +133,16 @@ class Int4Weight:
 
 
 class BlockWeight:
-    """The GGUF blocks as stored, multiplied by our CPU kernel (cpu_kernels)."""
+    """The GGUF blocks multiplied by our CPU kernel (cpu_kernels): as stored, or for Q8_0 and
+    Q4_K rearranged once into the kernel's x8 layout (`kernel_type` then says so)."""
 
     def __init__(self, raw: torch.Tensor, ggml_type: int, cols: int, kernel: cpu_kernels.Kernel):
-        self.raw, self.ggml_type, self.kernel = raw, ggml_type, kernel
+        self.ggml_type, self.kernel = ggml_type, kernel
         self.rows, self.cols = raw.shape[0], cols
+        self.raw, self.kernel_type = kernel.repack(raw, ggml_type, cols)
 
     def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
-        y = self.kernel.qgemm(x.reshape(-1, self.cols), self.raw, self.ggml_type, tiles=tiles)
+        y = self.kernel.qgemm(x.reshape(-1, self.cols), self.raw, self.kernel_type, tiles=tiles, rows=self.rows)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.rows)
 
     @property
@@ -179,7 +181,7 @@ def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | st
         return FloatWeight(w.to(device).clone())
     kernel = cpu_kernels.get() if packed and device.type == "cpu" and ggml_type in cpu_kernels.TYPES else None
     if kernel is not None:
-        return BlockWeight(raw.contiguous(), ggml_type, cols, kernel)  # the bytes as read, not copied again
+        return BlockWeight(raw.contiguous(), ggml_type, cols, kernel)  # the bytes as read (or repacked once)
     if packed and device.type == "cpu" and ggml_type in INT4 + SPLIT8:
         # row blocks of 32 are independent in the packed layout: pack a slice at a time
         pieces = [Int4Weight.from_decoded(blocks.decode(ggml_type, raw[a:a + PACK_ROWS], cols), ggml_type)

@@ -23,6 +23,8 @@ TYPES = (2, 8, 12, 13, 14)  # GGML ids the kernel reads: Q4_0, Q8_0, Q4_K, Q5_K,
 VALUES = {2: 32, 8: 32, 12: 256, 13: 256, 14: 256}  # values per block
 BYTES = {2: 18, 8: 34, 12: 144, 13: 176, 14: 210}  # bytes per block
 DECODE_ROWS = 4  # up to this many rows read the weights once, decoding blocks in registers
+X8 = 0x100  # added to a type id: the weight is in the kernel's x8 layout (see `Kernel.repack`)
+X8_TYPES = (8, 12)  # Q8_0, Q4_K
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -35,22 +37,52 @@ class Kernel:
         self._f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                             ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
         self.avx2 = bool(lib.loopcli_qgemm_has_avx2())
+        self._x8_bytes = lib.loopcli_x8_bytes
+        self._x8_bytes.restype = ctypes.c_int64
+        self._x8_bytes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        self._x8_repack = lib.loopcli_x8_repack
+        self._x8_repack.restype = None
+        self._x8_repack.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+
+    def repack(self, raw: torch.Tensor, ggml_type: int, cols: int) -> tuple[torch.Tensor, int]:
+        """GGUF rows -> (the weight as the kernel reads it fastest, the type id to pass with it).
+        With AVX2, Q8_0 and Q4_K rows are interleaved in groups of 8 (the x8 layout: Q8_0 the same
+        bytes, Q4_K 2.8 % more); everything else is returned as it is."""
+        if not self.avx2 or ggml_type not in X8_TYPES or raw.dim() != 2:
+            return raw, ggml_type
+        size = self._x8_bytes(ggml_type, raw.shape[0], cols)
+        if size == 0:
+            return raw, ggml_type
+        raw = raw.contiguous()
+        out = torch.empty(size, dtype=torch.uint8)
+        self._x8_repack(ggml_type, raw.data_ptr(), raw.shape[0], cols, out.data_ptr())
+        return out, ggml_type | X8
 
     def qgemm(self, x: torch.Tensor, raw: torch.Tensor, ggml_type: int, tiles: bool = False,
-              scalar: bool = False) -> torch.Tensor:
-        """x float [M, K] @ W.T for W's GGUF rows `raw` uint8 [N, row bytes] -> float32 [M, N].
+              scalar: bool = False, rows: int | None = None) -> torch.Tensor:
+        """x float [M, K] @ W.T for W's GGUF rows `raw` uint8 [N, row bytes] -> float32 [M, N],
+        or for a repacked weight (`ggml_type` with X8, `raw` flat) of `rows` rows.
 
         `tiles` (or more than DECODE_ROWS rows): weight rows unpacked a tile at a time and shared
         by all activation rows, whose results then do not depend on M; otherwise (decode) blocks
-        are decoded in registers. `scalar` forces the portable code (tests compare the two)."""
+        are decoded in registers. The x8 layout takes one path for every M. `scalar` forces the
+        portable code (tests compare the two; it does not read the x8 layout)."""
         x = x.to(torch.float32).contiguous()
         m, k = x.shape
-        if (ggml_type not in VALUES or k % VALUES[ggml_type] or raw.dtype != torch.uint8 or raw.dim() != 2
-                or not raw.is_contiguous() or raw.shape[1] != k // VALUES[ggml_type] * BYTES[ggml_type]):
+        if ggml_type & X8:  # a repacked weight: `raw` is flat, `rows` says how many rows it holds
+            base = ggml_type & ~X8
+            n = rows if rows is not None else -1
+            ok = (base in X8_TYPES and raw.dtype == torch.uint8 and raw.dim() == 1 and raw.is_contiguous()
+                  and n > 0 and k % VALUES[base] == 0 and raw.numel() == self._x8_bytes(base, n, k))
+        else:
+            n = raw.shape[0] if raw.dim() == 2 else -1
+            ok = (ggml_type in VALUES and k % VALUES[ggml_type] == 0 and raw.dtype == torch.uint8 and raw.dim() == 2
+                  and raw.is_contiguous() and raw.shape[1] == k // VALUES[ggml_type] * BYTES[ggml_type])
+        if not ok:
             raise ValueError(f"qgemm: GGML type {ggml_type} with {k} columns is not a kernel format "
                              f"for rows of {raw.shape[-1]} bytes")
-        y = torch.empty(m, raw.shape[0], dtype=torch.float32)
-        if self._f(x.data_ptr(), m, k, raw.data_ptr(), raw.shape[0], ggml_type, int(scalar),
+        y = torch.empty(m, n, dtype=torch.float32)
+        if self._f(x.data_ptr(), m, k, raw.data_ptr(), n, ggml_type, int(scalar),
                    int(tiles or m > DECODE_ROWS), y.data_ptr()):
             raise ValueError(f"qgemm: GGML type {ggml_type} is not a kernel format")
         return y

@@ -51,18 +51,37 @@ def case(t: int, n: int, k: int, m: int, seed: int):
 
 
 # K: a multiple of 32 but not of 256 for the 32-value formats; N odd; M = 1..4 (decode) and 9
-SHAPES = {blocks.Q8_0: [(37, 96), (5, 800)], blocks.Q4_0: [(37, 96), (5, 800)],
-          blocks.Q4_K: [(37, 256), (5, 768)], blocks.Q5_K: [(37, 256), (5, 768)], blocks.Q6_K: [(37, 256), (5, 768)]}
+SHAPES = {blocks.Q8_0: [(37, 96), (5, 800), (24, 320)], blocks.Q4_0: [(37, 96), (5, 800)],
+          blocks.Q4_K: [(37, 256), (5, 768), (24, 512)], blocks.Q5_K: [(37, 256), (5, 768)],
+          blocks.Q6_K: [(37, 256), (5, 768)]}
+X8 = [blocks.Q8_0, blocks.Q4_K]  # the types the kernel repacks into its x8 layout (with AVX2)
 
 
-@pytest.mark.parametrize("t", KERNEL_TYPES, ids=lambda t: blocks.NAMES[t])
-@pytest.mark.parametrize("scalar", [False, True], ids=["simd", "scalar"])
-def test_kernel_equals_dequantize_then_matmul(kernel, t, scalar):
+def as_kernel_reads(kernel, raw, t, k, layout):
+    """The weight and type id to pass: the GGUF rows, or the x8 repack of them."""
+    if layout == "gguf":
+        return raw, t
+    packed, kt = kernel.repack(raw, t, k)
+    assert kt == t | cpu_kernels.X8 and packed.numel() == kernel._x8_bytes(t, raw.shape[0], k)
+    return packed, kt
+
+
+LAYOUTS = [(t, layout, scalar) for t in KERNEL_TYPES for layout in ("gguf", "x8") for scalar in (False, True)
+           if layout == "gguf" or (t in X8 and not scalar)]
+
+
+@pytest.mark.parametrize("t,layout,scalar", LAYOUTS,
+                         ids=lambda v: blocks.NAMES[v] if isinstance(v, int) and not isinstance(v, bool) else
+                         str(v) if isinstance(v, str) else ("scalar" if v else "simd"))
+def test_kernel_equals_dequantize_then_matmul(kernel, t, layout, scalar):
+    if layout == "x8" and not kernel.avx2:
+        pytest.skip("the x8 layout is read by the AVX2 code only (this CPU has none)")
     for n, k in SHAPES[t]:
         for m in (1, 2, 3, 4, 9):
             x, raw, ref = case(t, n, k, m, seed=n + k + m)
+            w, kt = as_kernel_reads(kernel, raw, t, k, layout)
             for tiles in (False, True):
-                y = kernel.qgemm(x, raw, t, tiles=tiles, scalar=scalar)
+                y = kernel.qgemm(x, w, kt, tiles=tiles, scalar=scalar, rows=n)
                 assert y.shape == (m, n) and y.dtype == torch.float32
                 err = (y.double() - ref).abs().max().item()
                 assert err <= 2e-6 * ref.abs().max().item() + 1e-7, (n, k, m, tiles, err)
@@ -74,6 +93,11 @@ def test_rows_do_not_depend_on_how_many_are_multiplied(kernel, t):
     whole = kernel.qgemm(x, raw, t, tiles=True)
     for a, b in [(0, 1), (1, 4), (4, 7)]:  # chunks of a prefill: 1, 3 and 3 rows
         assert torch.equal(kernel.qgemm(x[a:b], raw, t, tiles=True), whole[a:b])
+    if t in X8 and kernel.avx2:  # the x8 layout: one path, so decode rows equal prefill rows too
+        w, kt = as_kernel_reads(kernel, raw, t, x.shape[1], "x8")
+        whole = kernel.qgemm(x, w, kt, tiles=True, rows=21)
+        for a, b in [(0, 1), (1, 4), (4, 7)]:
+            assert torch.equal(kernel.qgemm(x[a:b], w, kt, rows=21), whole[a:b])
 
 
 def test_kernel_is_behind_qmatmul_for_its_types(kernel):
