@@ -1,0 +1,345 @@
+// One layer of the fused decode step (engine.Engine._decode_rows) on the CPU, for B sequences
+// x R loop rows, in place on the rows U [B*R, H] (f32):
+//   rms_norm -> qkv (+ bias) -> RoPE -> K/V into the f16 caches -> attention over the loop-0
+//   cache (and, for loops r >= 1, over the loop's ring, mixed by the G-SWA gate) -> wo +
+//   residual -> rms_norm -> gate_up -> silu(g) * u -> down + residual.
+// The same arithmetic as the torch ops it replaces (summation order aside): it saves the ~100
+// small torch calls per layer that cost more than the attention itself at decode sizes.
+// Matmuls go through loopcli_qgemm (qgemm.cpp); attention is split over (sequence, K/V head)
+// with at::parallel_for (torch's pool), each K/V head read once for all its query heads and rows.
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ST_X86 1
+#endif
+
+extern "C" int loopcli_qgemm(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N, int type,
+                             int scalar, int unpacked, float* y);
+extern "C" int loopcli_qgemm_has_avx2();
+
+namespace {
+
+// One layer's constants and weights; built once in Python (cpu_kernels.StepLayer mirrors it).
+// Every field is 8 bytes, so the two layouts cannot disagree on padding. qkv and gate_up may be
+// row blocks of different formats (q4_k_m keeps some v and down rows in Q6_K): up to 3 and 2 parts.
+struct LayerArgs {
+  int64_t H, nh, nkv, hd, inter, R, ring, layer, layers, gate_hidden, scalar;
+  int64_t wo_type, down_type, qkv_parts, qkv_type[3], qkv_rows[3], gate_up_parts, gate_up_type[2], gate_up_rows[2];
+  double eps;
+  const uint8_t *qkv[3], *wo, *gate_up[2], *down;  // GGUF rows
+  const float *attn_norm, *ffn_norm, *qkv_bias, *gate_w, *gate_b, *gate_norm;  // bias, gate: may be null
+};
+
+// One sequence in this step: its position and its caches (whole tensors; the layer is found here).
+struct Seq {
+  int64_t t, cap;
+  uint16_t *k0, *v0;  // [L, nkv, cap, hd] f16
+  uint16_t *rk, *rv;  // [R-1, L, nkv, ring, hd] f16
+};
+
+float h2f(uint16_t h) {
+  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do { man <<= 1; ++e; } while (!(man & 1024));
+      bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 1023) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0xFFu << 23 | man << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | man << 13;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// f32 -> f16, round to nearest even (what torch's .to(float16) does).
+uint16_t f2h(float x) {
+  uint32_t f;
+  std::memcpy(&f, &x, 4);
+  const uint32_t sign = (f >> 16) & 0x8000u;
+  f &= 0x7FFFFFFFu;
+  if (f >= 0x47800000u) return (uint16_t)(sign | (f > 0x7F800000u ? 0x7E00u : 0x7C00u));  // >= 65536, inf, nan
+  if (f < 0x38800000u) {  // below 2^-14: subnormal, let the float adder round at the right bit
+    float v, magic = 0.5f;
+    std::memcpy(&v, &f, 4);
+    v += magic;
+    uint32_t r;
+    std::memcpy(&r, &v, 4);
+    return (uint16_t)(sign | (r - 0x3F000000u));
+  }
+  f += 0xC8000FFFu + ((f >> 13) & 1);  // rebias the exponent (-112 << 23) and round half to even
+  return (uint16_t)(sign | (f >> 13));  // a carry into the exponent (65520..65535) gives inf
+}
+
+// ---------------------------------------------------------------- attention primitives
+// scores[i * S + j] = scale * q_i . k_j for nq queries (contiguous [nq, hd]) and S keys [S, hd].
+void scores_scalar(const uint16_t* K, int64_t S, int64_t hd, const float* q, int64_t nq, float scale, float* sc) {
+  std::vector<float> kf(hd);
+  for (int64_t j = 0; j < S; ++j) {
+    for (int64_t d = 0; d < hd; ++d) kf[d] = h2f(K[j * hd + d]);
+    for (int64_t i = 0; i < nq; ++i) {
+      float s = 0;
+      for (int64_t d = 0; d < hd; ++d) s += q[i * hd + d] * kf[d];
+      sc[i * S + j] = s * scale;
+    }
+  }
+}
+
+// out[i] += sum_j p[i * S + j] v_j
+void values_scalar(const uint16_t* V, int64_t S, int64_t hd, const float* p, int64_t nq, float* out) {
+  std::vector<float> vf(hd);
+  for (int64_t j = 0; j < S; ++j) {
+    for (int64_t d = 0; d < hd; ++d) vf[d] = h2f(V[j * hd + d]);
+    for (int64_t i = 0; i < nq; ++i) {
+      const float w = p[i * S + j];
+      if (w == 0) continue;
+      for (int64_t d = 0; d < hd; ++d) out[i * hd + d] += w * vf[d];
+    }
+  }
+}
+
+#ifdef ST_X86
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+AVX2 void scores_avx2(const uint16_t* K, int64_t S, int64_t hd, const float* q, int64_t nq, float scale, float* sc) {
+  alignas(32) float kf[512];
+  for (int64_t j = 0; j < S; ++j) {
+    for (int64_t d = 0; d < hd; d += 8)
+      _mm256_store_ps(kf + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(K + j * hd + d))));
+    for (int64_t i = 0; i < nq; ++i) {
+      __m256 acc = _mm256_setzero_ps();
+      for (int64_t d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * hd + d), _mm256_load_ps(kf + d), acc);
+      sc[i * S + j] = hsum(acc) * scale;
+    }
+  }
+}
+
+AVX2 void values_avx2(const uint16_t* V, int64_t S, int64_t hd, const float* p, int64_t nq, float* out) {
+  alignas(32) float vf[512];
+  for (int64_t j = 0; j < S; ++j) {
+    for (int64_t d = 0; d < hd; d += 8)
+      _mm256_store_ps(vf + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(V + j * hd + d))));
+    for (int64_t i = 0; i < nq; ++i) {
+      const float w = p[i * S + j];
+      if (w == 0) continue;
+      const __m256 wv = _mm256_set1_ps(w);
+      for (int64_t d = 0; d < hd; d += 8)
+        _mm256_storeu_ps(out + i * hd + d, _mm256_fmadd_ps(wv, _mm256_load_ps(vf + d), _mm256_loadu_ps(out + i * hd + d)));
+    }
+  }
+}
+#endif
+
+// softmax(scores of nq queries over S keys, -inf = masked) @ V into out [nq, hd] (overwritten).
+void attend(const uint16_t* K, const uint16_t* V, int64_t S, int64_t hd, const float* q, int64_t nq, float scale,
+            const char* valid, bool simd, float* out) {
+  std::vector<float> sc(nq * S);
+#ifdef ST_X86
+  if (simd) scores_avx2(K, S, hd, q, nq, scale, sc.data());
+  else
+#endif
+    scores_scalar(K, S, hd, q, nq, scale, sc.data());
+  for (int64_t i = 0; i < nq; ++i) {
+    float* s = sc.data() + i * S;
+    if (valid)
+      for (int64_t j = 0; j < S; ++j)
+        if (!valid[j]) s[j] = -std::numeric_limits<float>::infinity();
+    float mx = -std::numeric_limits<float>::infinity(), sum = 0;
+    for (int64_t j = 0; j < S; ++j) mx = std::max(mx, s[j]);
+    for (int64_t j = 0; j < S; ++j) sum += (s[j] = std::exp(s[j] - mx));
+    for (int64_t j = 0; j < S; ++j) s[j] /= sum;
+  }
+  std::fill(out, out + nq * hd, 0.0f);
+#ifdef ST_X86
+  if (simd) { values_avx2(V, S, hd, sc.data(), nq, out); return; }
+#endif
+  values_scalar(V, S, hd, sc.data(), nq, out);
+}
+
+// ---------------------------------------------------------------- row ops
+void rms_norm(const float* x, const float* w, int64_t n, int64_t H, float eps, float* out) {
+  for (int64_t m = 0; m < n; ++m) {
+    const float* xr = x + m * H;
+    double ss = 0;
+    for (int64_t i = 0; i < H; ++i) ss += (double)xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt((float)(ss / H) + eps);
+    for (int64_t i = 0; i < H; ++i) out[m * H + i] = w[i] * (xr[i] * inv);
+  }
+}
+
+// rotate-half RoPE of `heads` heads of one row in place: x cos + rotate_half(x) sin
+void rope(float* x, int64_t heads, int64_t hd, const float* cos, const float* sin) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * hd;
+    for (int64_t d = 0; d < half; ++d) {
+      const float a = v[d], b = v[d + half];
+      v[d] = a * cos[d] + (-b) * sin[d];
+      v[d + half] = b * cos[d + half] + a * sin[d + half];
+    }
+  }
+}
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// torch.lerp's formula (start + w (end - start), or from the end side for w >= 0.5)
+float lerp(float start, float end, float w) {
+  return std::abs(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+}
+
+struct Scratch {
+  std::vector<float> a, qkv, y, gate, gu, act, o, part;
+};
+
+// y [n, sum rows] = x [n, K] . W^T for W given as row blocks (each its own GGUF type)
+int matmul_parts(const float* x, int64_t n, int64_t K, int64_t parts, const uint8_t* const* w, const int64_t* type,
+                 const int64_t* rows, int unpacked, std::vector<float>& tmp, float* y) {
+  if (parts == 1) return loopcli_qgemm(x, n, K, w[0], rows[0], (int)type[0], 0, unpacked, y);
+  int64_t N = 0, off = 0;
+  for (int64_t p = 0; p < parts; ++p) N += rows[p];
+  for (int64_t p = 0; p < parts; ++p) {
+    tmp.resize(n * rows[p]);
+    if (loopcli_qgemm(x, n, K, w[p], rows[p], (int)type[p], 0, unpacked, tmp.data())) return 1;
+    for (int64_t m = 0; m < n; ++m) std::memcpy(y + m * N + off, tmp.data() + m * rows[p], rows[p] * sizeof(float));
+    off += rows[p];
+  }
+  return 0;
+}
+
+int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos, const float* sin, float* U) {
+  const int64_t H = L.H, nh = L.nh, nkv = L.nkv, hd = L.hd, R = L.R, I = L.inter, n = B * R;
+  const int64_t nq = nh * hd, nk = nkv * hd, nqkv = nq + 2 * nk, G = nh / nkv, ring = L.ring;
+  const float eps = (float)L.eps, scale = 1.0f / std::sqrt((float)hd);
+  const int unpacked = n > 4;  // the rows qmatmul's BlockWeight sends down the decode path (DECODE_ROWS)
+  const bool simd = !L.scalar && loopcli_qgemm_has_avx2() && hd % 8 == 0 && hd <= 512;
+  thread_local Scratch w;
+  w.a.resize(n * H), w.qkv.resize(n * nqkv), w.y.resize(n * nq), w.gate.resize(n * nh);
+  w.gu.resize(n * 2 * I), w.act.resize(n * I), w.o.resize(n * H);
+
+  rms_norm(U, L.attn_norm, n, H, eps, w.a.data());
+  if (matmul_parts(w.a.data(), n, H, L.qkv_parts, L.qkv, L.qkv_type, L.qkv_rows, unpacked, w.part, w.qkv.data()))
+    return 1;
+  for (int64_t m = 0; m < n; ++m) {
+    float* row = w.qkv.data() + m * nqkv;
+    if (L.qkv_bias)
+      for (int64_t i = 0; i < nqkv; ++i) row[i] += L.qkv_bias[i];
+    const float *c = cos + (m / R) * hd, *s = sin + (m / R) * hd;
+    rope(row, nh, hd, c, s);
+    rope(row + nq, nkv, hd, c, s);
+  }
+  // the G-SWA gate of rows r >= 1, from the layer's input (before U changes) or the query
+  if (R > 1) {
+    std::vector<float> xn(H);
+    for (int64_t m = 0; m < n; ++m) {
+      if (m % R == 0) continue;
+      const float* q = w.qkv.data() + m * nqkv;
+      if (L.gate_hidden) rms_norm(U + m * H, L.gate_norm, 1, H, eps, xn.data());
+      for (int64_t h = 0; h < nh; ++h) {
+        float z = 0;
+        if (L.gate_hidden)
+          for (int64_t i = 0; i < H; ++i) z += xn[i] * L.gate_w[h * H + i];
+        else
+          for (int64_t d = 0; d < hd; ++d) z += q[h * hd + d] * L.gate_w[h * hd + d];
+        w.gate[m * nh + h] = sigmoid(z + L.gate_b[h]);
+      }
+    }
+  }
+  // K/V into the caches: row 0 (loop 0) at position t, row r >= 1 into ring r - 1 at slot t % ring
+  for (int64_t b = 0; b < B; ++b) {
+    const Seq& sq = seqs[b];
+    for (int64_t r = 0; r < R; ++r) {
+      const float* row = w.qkv.data() + (b * R + r) * nqkv;
+      for (int64_t g = 0; g < nkv; ++g) {
+        uint16_t *kd, *vd;
+        if (r == 0) {
+          const int64_t off = ((L.layer * nkv + g) * sq.cap + sq.t) * hd;
+          kd = sq.k0 + off, vd = sq.v0 + off;
+        } else {
+          const int64_t off = ((((r - 1) * L.layers + L.layer) * nkv + g) * ring + sq.t % ring) * hd;
+          kd = sq.rk + off, vd = sq.rv + off;
+        }
+        for (int64_t d = 0; d < hd; ++d) {
+          kd[d] = f2h(row[nq + g * hd + d]);
+          vd[d] = f2h(row[nq + nk + g * hd + d]);
+        }
+      }
+    }
+  }
+  // attention: one unit per (sequence, K/V head); its G query heads x R rows read that head once
+  at::parallel_for(0, B * nkv, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<float> q(G * R * hd), out(G * R * hd);
+    std::vector<char> mask(ring);
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / nkv, g = u % nkv;
+      const Seq& sq = seqs[b];
+      const int64_t S = sq.t + 1;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < G; ++j)
+          std::memcpy(&q[(r * G + j) * hd], w.qkv.data() + (b * R + r) * nqkv + (g * G + j) * hd, hd * sizeof(float));
+      const int64_t off = (L.layer * nkv + g) * sq.cap * hd;
+      attend(sq.k0 + off, sq.v0 + off, S, hd, q.data(), G * R, scale, nullptr, simd, out.data());
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t j = 0; j < G; ++j)
+          std::memcpy(w.y.data() + (b * R + r) * nq + (g * G + j) * hd, &out[(r * G + j) * hd], hd * sizeof(float));
+      if (R == 1) continue;
+      // loops r >= 1: their ring (slots not yet written are masked while t + 1 < ring), then the gate
+      for (int64_t s = 0; s < ring; ++s) mask[s] = sq.t + 1 >= ring || s <= sq.t;
+      for (int64_t r = 1; r < R; ++r) {
+        const int64_t roff = ((((r - 1) * L.layers + L.layer) * nkv + g) * ring) * hd;
+        attend(sq.rk + roff, sq.rv + roff, ring, hd, &q[r * G * hd], G, scale,
+               mask.data(), simd, out.data());
+        const int64_t m = b * R + r;
+        for (int64_t j = 0; j < G; ++j) {
+          const int64_t h = g * G + j;
+          const float gt = w.gate[m * nh + h];
+          float* yg = w.y.data() + m * nq + h * hd;
+          for (int64_t d = 0; d < hd; ++d) yg[d] = lerp(out[j * hd + d], yg[d], gt);
+        }
+      }
+    }
+  });
+  if (loopcli_qgemm(w.y.data(), n, nq, L.wo, H, (int)L.wo_type, 0, unpacked, w.o.data())) return 1;
+  for (int64_t i = 0; i < n * H; ++i) U[i] += w.o[i];
+  rms_norm(U, L.ffn_norm, n, H, eps, w.a.data());
+  if (matmul_parts(w.a.data(), n, H, L.gate_up_parts, L.gate_up, L.gate_up_type, L.gate_up_rows, unpacked, w.part,
+                   w.gu.data()))
+    return 1;
+  for (int64_t m = 0; m < n; ++m)
+    for (int64_t i = 0; i < I; ++i) {
+      const float g = w.gu[m * 2 * I + i], up = w.gu[m * 2 * I + I + i];
+      w.act[m * I + i] = g / (1.0f + std::exp(-g)) * up;
+    }
+  if (loopcli_qgemm(w.act.data(), n, I, L.down, H, (int)L.down_type, 0, unpacked, w.o.data())) return 1;
+  for (int64_t i = 0; i < n * H; ++i) U[i] += w.o[i];
+  return 0;
+}
+
+}  // namespace
+
+// One layer of the fused decode step for B sequences (their R rows each, in U [B*R, H]);
+// cos/sin [B, hd] at each sequence's position. Returns non-zero for a weight type qgemm refuses.
+extern "C" int loopcli_step_layer(const LayerArgs* layer, int64_t B, const Seq* seqs, const float* cos,
+                                  const float* sin, float* U) {
+  return step_layer(*layer, B, seqs, cos, sin, U);
+}
