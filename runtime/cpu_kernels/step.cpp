@@ -286,7 +286,10 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
       }
     }
   }
-  // attention: one unit per (sequence, K/V head); its G query heads x R rows read that head once
+  // attention: one unit per (sequence, K/V head); its G query heads x R rows read that head once.
+  // (Pointers, not `w`: inside the lambda `w` would name the worker thread's own scratch.)
+  const float *qkv = w.qkv.data(), *gate = w.gate.data();
+  float* y = w.y.data();
   at::parallel_for(0, B * nkv, 1, [&](int64_t u0, int64_t u1) {
     std::vector<float> q(G * R * hd), out(G * R * hd);
     std::vector<char> mask(ring);
@@ -296,12 +299,12 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
       const int64_t S = sq.t + 1;
       for (int64_t r = 0; r < R; ++r)
         for (int64_t j = 0; j < G; ++j)
-          std::memcpy(&q[(r * G + j) * hd], w.qkv.data() + (b * R + r) * nqkv + (g * G + j) * hd, hd * sizeof(float));
+          std::memcpy(&q[(r * G + j) * hd], qkv + (b * R + r) * nqkv + (g * G + j) * hd, hd * sizeof(float));
       const int64_t off = (L.layer * nkv + g) * sq.cap * hd;
       attend(sq.k0 + off, sq.v0 + off, S, hd, q.data(), G * R, scale, nullptr, simd, out.data());
       for (int64_t r = 0; r < R; ++r)
         for (int64_t j = 0; j < G; ++j)
-          std::memcpy(w.y.data() + (b * R + r) * nq + (g * G + j) * hd, &out[(r * G + j) * hd], hd * sizeof(float));
+          std::memcpy(y + (b * R + r) * nq + (g * G + j) * hd, &out[(r * G + j) * hd], hd * sizeof(float));
       if (R == 1) continue;
       // loops r >= 1: their ring (slots not yet written are masked while t + 1 < ring), then the gate
       for (int64_t s = 0; s < ring; ++s) mask[s] = sq.t + 1 >= ring || s <= sq.t;
@@ -312,8 +315,8 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
         const int64_t m = b * R + r;
         for (int64_t j = 0; j < G; ++j) {
           const int64_t h = g * G + j;
-          const float gt = w.gate[m * nh + h];
-          float* yg = w.y.data() + m * nq + h * hd;
+          const float gt = gate[m * nh + h];
+          float* yg = y + m * nq + h * hd;
           for (int64_t d = 0; d < hd; ++d) yg[d] = lerp(out[j * hd + d], yg[d], gt);
         }
       }

@@ -15,7 +15,7 @@ import torch
 from loopcli.convert.quants import quantize
 from loopcli.runtime import batch, blocks, cpu_kernels
 from loopcli.runtime.config import config_from_dict
-from loopcli.runtime.engine import Engine, Raw
+from loopcli.runtime.engine import Engine, Raw, State
 from loopcli.runtime.synthetic import random_tensors, synthetic_config
 
 TOLERANCE = 1e-4  # max |logit difference| / max |logit|, per decoded token
@@ -150,19 +150,17 @@ def test_cpp_step_scalar_attention_equals_torch_step(kernel):
 @pytest.mark.parametrize("arch,loops", [("llama", 1), ("loopcoder", 2)])
 def test_batched_cpp_step_equals_solo_steps(kernel, arch, loops):
     """batch.decode_step of 3 sequences at different lengths: each gets its solo C++ step's logits
-    bit for bit when the rows stay on the decode matmul path (R = 1: 3 rows), and the torch solo
-    step's within the tolerance (R = 2: 6 rows, the tile matmul path)."""
+    bit for bit when the rows stay on the decode matmul path (R = 1: 3 rows), and at every step
+    the torch solo step's from the same state within the tolerance (R = 2: 6 rows, tile path)."""
     fast, ref = engines(arch, "q8_0", plt_num_loops=loops, plt_window_size=[5, 0])
     gen = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, 512, (n,), generator=gen).tolist() for n in (3, 11, 7)]
     feeds = [torch.randint(0, 512, (12,), generator=gen).tolist() for _ in prompts]
-    solo = {}
-    for name, engine in (("fast", fast), ("ref", ref)):
-        solo[name] = []
-        for p, f in zip(prompts, feeds):
-            engine.reset()
-            engine.prefill(p)
-            solo[name].append([engine.step(t) for t in f])
+    solo = []
+    for p, f in zip(prompts, feeds):
+        fast.reset()
+        fast.prefill(p)
+        solo.append([fast.step(t) for t in f])
     states = []
     for p in prompts:
         fast.reset()
@@ -170,13 +168,23 @@ def test_batched_cpp_step_equals_solo_steps(kernel, arch, loops):
         states.append(fast.state)
     errors = []
     for step in range(12):
+        expected = []
+        for st, f in zip(states, feeds):
+            ref.state = copy_state(st)
+            expected.append(ref.step(f[step]))
         logits = batch.decode_step(fast, states, [f[step] for f in feeds])
         for b in range(3):
             if loops == 1:
-                assert torch.equal(logits[b], solo["fast"][b][step]), (b, step)
-            errors.append(relative(logits[b], solo["ref"][b][step]))
+                assert torch.equal(logits[b], solo[b][step]), (b, step)
+            errors.append(relative(logits[b], expected[b]))
     check(errors)
     assert [st.tokens for st in states] == [p + f for p, f in zip(prompts, feeds)]
+
+
+@torch.inference_mode()
+def copy_state(st: State) -> State:
+    return State(st.k0.clone(), st.v0.clone(), st.ring_k.clone(), st.ring_v.clone(), st.carries.clone(),
+                 list(st.tokens), dict(st.snapshots))
 
 
 @pytest.mark.parametrize("quant", ["f32", "q5_0"])
@@ -193,3 +201,26 @@ def test_the_cpp_step_can_be_turned_off(kernel, monkeypatch):
     fast, _ = engines("llama", "q8_0")
     fast.step(3)
     assert fast.cpu_step is False and fast._step_args is None
+
+
+def test_cpp_step_with_two_threads(kernel):
+    """Attention split over (sequence, K/V head) on torch's pool: the same logits as one thread."""
+    kept = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, ref = engines(**CASES["loopcoder-r2-hidden-gate-q8_0"])
+        two, _ = engines(**CASES["loopcoder-r2-hidden-gate-q8_0"])
+        feed = list(range(3, 40))
+        one.prefill([1, 2]), two.prefill([1, 2]), ref.prefill([1, 2])
+        torch.set_num_threads(2)
+        errors = []
+        for token in feed:
+            logits = two.step(token)
+            errors.append(relative(logits, ref.step(token)))
+            torch.set_num_threads(1)
+            assert torch.equal(logits, one.step(token))
+            torch.set_num_threads(2)
+            sync(two, ref), sync(one, ref)
+        check(errors)
+    finally:
+        torch.set_num_threads(kept)
