@@ -518,20 +518,42 @@ class Engine:
         for st in states:  # the kernel writes the caches through their pointers
             if not all(t.is_contiguous() and t.dtype == self.kv_dtype for t in (st.k0, st.v0, st.ring_k, st.ring_v)):
                 return None
-        return self._step_args[0][1]
+        return self._step_kernel
 
     def _build_step_args(self) -> list | None:
+        """One `cpu_kernels.StepLayer` per layer, or None where the C++ step does not apply. Every
+        size the C++ code relies on is checked here (the torch path raises its own errors)."""
         from . import cpu_kernels
 
         cfg = self.cfg
         if self.device.type != "cpu" or self.dtype != torch.float32 or self.kv_dtype != torch.float16:
             return None
+        H, nh, nkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        if nh % nkv or hd % 2:
+            return None
         parts = lambda w: w.parts if isinstance(w, Stacked) else [w]
+
+        def fits(w, most: int, rows: int, cols: int) -> bool:  # kernel row blocks of this shape
+            ps = parts(w)
+            return (len(ps) <= most and sum(p.rows for p in ps) == rows and all(
+                isinstance(p, qmatmul.BlockWeight) and p.cols == cols and p.raw.is_contiguous()
+                and p.raw.shape[1] * cpu_kernels.VALUES[p.ggml_type] == cols * cpu_kernels.BYTES[p.ggml_type]
+                for p in ps))
+
+        def floats(t: torch.Tensor | None, n: int) -> bool:
+            return t is not None and t.numel() == n
+
         for l in self.layers:
-            ws = [(l.qkv, 3), (l.wo, 1), (l.gate_up, 2), (l.down, 1)]
-            if not all(len(parts(w)) <= n and all(isinstance(p, qmatmul.BlockWeight) for p in parts(w)) for w, n in ws):
+            inter = l.down.cols
+            if not (fits(l.qkv, 3, (nh + 2 * nkv) * hd, H) and fits(l.wo, 1, H, nh * hd)
+                    and fits(l.gate_up, 2, 2 * inter, H) and fits(l.down, 1, H, inter)
+                    and floats(l.attn_norm, H) and floats(l.ffn_norm, H)
+                    and (l.qkv_bias is None or floats(l.qkv_bias, (nh + 2 * nkv) * hd))):
                 return None
-        kernel = self.layers[0].wo.kernel
+            if cfg.is_plt and not (floats(l.gate_w, nh * (H if cfg.gate_use_hidden_states else hd))
+                                   and floats(l.gate_b, nh)
+                                   and (not cfg.gate_use_hidden_states or floats(l.gate_norm, H))):
+                return None
         keep = []  # contiguous f32 copies the blocks point to, alive as long as the engine
 
         def ptr(t: torch.Tensor | None) -> int | None:
@@ -552,28 +574,26 @@ class Engine:
         for i, l in enumerate(self.layers):
             nqkv, tqkv, rqkv, wqkv = blocks_of(l.qkv, 3)
             ngu, tgu, rgu, wgu = blocks_of(l.gate_up, 2)
-            blk = cpu_kernels.StepLayer(
-                H=cfg.hidden_size, nh=cfg.num_heads, nkv=cfg.num_kv_heads, hd=cfg.head_dim,
-                inter=l.down.cols, R=cfg.num_loops, ring=cfg.window + 1, layer=i, layers=cfg.num_layers,
-                gate_hidden=int(cfg.gate_use_hidden_states), scalar=0,
+            args.append(cpu_kernels.StepLayer(
+                H=H, nh=nh, nkv=nkv, hd=hd, inter=l.down.cols, R=cfg.num_loops, ring=cfg.window + 1, layer=i,
+                layers=cfg.num_layers, gate_hidden=int(cfg.gate_use_hidden_states), scalar=0,
                 wo_type=l.wo.ggml_type, down_type=l.down.ggml_type,
                 qkv_parts=nqkv, qkv_type=tqkv, qkv_rows=rqkv, gate_up_parts=ngu, gate_up_type=tgu, gate_up_rows=rgu,
                 eps=cfg.rms_norm_eps, qkv=wqkv, wo=l.wo.raw.data_ptr(), gate_up=wgu, down=l.down.raw.data_ptr(),
                 attn_norm=ptr(l.attn_norm), ffn_norm=ptr(l.ffn_norm), qkv_bias=ptr(l.qkv_bias),
-                gate_w=ptr(l.gate_w), gate_b=ptr(l.gate_b), gate_norm=ptr(l.gate_norm))
-            args.append((blk, kernel))
-        self._step_keep = keep
+                gate_w=ptr(l.gate_w), gate_b=ptr(l.gate_b), gate_norm=ptr(l.gate_norm)))
+        self._step_keep, self._step_kernel = keep, self.layers[0].wo.kernel
         return args
 
     def _layers_in_cpp(self, kernel, states: Sequence[State], pos: list[int], U: torch.Tensor) -> None:
         from . import cpu_kernels
 
         cos, sin = self._rope(torch.tensor(pos))  # [B, hd]
-        seqs = (cpu_kernels.StepSeq * len(states))(*[
+        seqs = (cpu_kernels.StepSeq * len(states))(*[  # built per step: _reserve moves k0/v0
             cpu_kernels.StepSeq(t, st.k0.shape[2], st.k0.data_ptr(), st.v0.data_ptr(), st.ring_k.data_ptr(),
-                                st.ring_v.data_ptr()) for t, st in zip(pos, states)])  # per step: _reserve moves k0/v0
+                                st.ring_v.data_ptr()) for t, st in zip(pos, states)])
         scalar = int(self.cpu_step == "scalar")
-        for blk, _ in self._step_args:
+        for blk in self._step_args:
             blk.scalar = scalar
             kernel.step_layer(blk, seqs, cos, sin, U)
 

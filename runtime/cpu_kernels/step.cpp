@@ -3,8 +3,8 @@
 //   rms_norm -> qkv (+ bias) -> RoPE -> K/V into the f16 caches -> attention over the loop-0
 //   cache (and, for loops r >= 1, over the loop's ring, mixed by the G-SWA gate) -> wo +
 //   residual -> rms_norm -> gate_up -> silu(g) * u -> down + residual.
-// The same arithmetic as the torch ops it replaces (summation order aside): it saves the ~100
-// small torch calls per layer that cost more than the attention itself at decode sizes.
+// The same arithmetic as the torch ops it replaces (Engine._layers_in_torch; summation order
+// aside), without their ~100 small calls per layer, each with its own dispatch and temporaries.
 // Matmuls go through loopcli_qgemm (qgemm.cpp); attention is split over (sequence, K/V head)
 // with at::parallel_for (torch's pool), each K/V head read once for all its query heads and rows.
 
