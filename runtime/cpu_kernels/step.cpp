@@ -18,6 +18,7 @@
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <dlfcn.h>
 #include <immintrin.h>
 #define ST_X86 1
 #endif
@@ -122,32 +123,96 @@ AVX2 float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+AVX2 float dot_avx2(const float* a, const float* b, int64_t n) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int k = 0; k < 4; ++k)
+      acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * k), _mm256_loadu_ps(b + i + 8 * k), acc[k]);
+  for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc[0]);
+  float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// glibc's vector expf for AVX2 (libmvec), looked up at run time: without it, the scalar expf.
+using VecExp = __m256 (*)(__m256);
+VecExp vec_exp() {
+  static const VecExp f = [] {
+    void* lib = dlopen("libmvec.so.1", RTLD_NOW | RTLD_LOCAL);
+    return lib ? reinterpret_cast<VecExp>(dlsym(lib, "_ZGVdN8v_expf")) : nullptr;
+  }();
+  return f;
+}
+
+// x[i] = exp(x[i] - sub)
+AVX2 void exp_avx2(float* x, int64_t n, float sub, VecExp f) {
+  int64_t i = 0;
+  if (f)
+    for (const __m256 sv = _mm256_set1_ps(sub); i + 8 <= n; i += 8)
+      _mm256_storeu_ps(x + i, f(_mm256_sub_ps(_mm256_loadu_ps(x + i), sv)));
+  for (; i < n; ++i) x[i] = std::exp(x[i] - sub);
+}
+
+// act[i] = silu(g[i]) * up[i] = g / (1 + exp(-g)) * up
+AVX2 void silu_mul_avx2(const float* g, const float* up, int64_t n, VecExp f, float* act) {
+  int64_t i = 0;
+  if (f)
+    for (const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps(); i + 8 <= n; i += 8) {
+      const __m256 gv = _mm256_loadu_ps(g + i);
+      const __m256 e = f(_mm256_sub_ps(zero, gv));
+      _mm256_storeu_ps(act + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+  for (; i < n; ++i) act[i] = g[i] / (1.0f + std::exp(-g[i])) * up[i];
+}
+
+// Per query, 8 keys at a time: 8 running dot products, then one transposing reduction.
 AVX2 void scores_avx2(const uint16_t* K, int64_t S, int64_t hd, const float* q, int64_t nq, float scale, float* sc) {
-  alignas(32) float kf[512];
-  for (int64_t j = 0; j < S; ++j) {
-    for (int64_t d = 0; d < hd; d += 8)
-      _mm256_store_ps(kf + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(K + j * hd + d))));
-    for (int64_t i = 0; i < nq; ++i) {
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int64_t i = 0; i < nq; ++i) {
+    const float* qi = q + i * hd;
+    float* si = sc + i * S;
+    int64_t j = 0;
+    for (; j + 8 <= S; j += 8) {
+      __m256 a[8];
+      for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_ps();
+      for (int64_t d = 0; d < hd; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(qi + d);
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; ++k)
+          a[k] = _mm256_fmadd_ps(qv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(K + (j + k) * hd + d))), a[k]);
+      }
+      const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+      const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+      const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+      _mm256_storeu_ps(si + j, _mm256_mul_ps(r, sv));
+    }
+    for (; j < S; ++j) {
       __m256 acc = _mm256_setzero_ps();
-      for (int64_t d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i * hd + d), _mm256_load_ps(kf + d), acc);
-      sc[i * S + j] = hsum(acc) * scale;
+      for (int64_t d = 0; d < hd; d += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(K + j * hd + d))), acc);
+      si[j] = hsum(acc) * scale;
     }
   }
 }
 
+// Per query and piece of NA x 8 dimensions: the weighted sum over keys kept in registers.
+template <int NA>
 AVX2 void values_avx2(const uint16_t* V, int64_t S, int64_t hd, const float* p, int64_t nq, float* out) {
-  alignas(32) float vf[512];
-  for (int64_t j = 0; j < S; ++j) {
-    for (int64_t d = 0; d < hd; d += 8)
-      _mm256_store_ps(vf + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(V + j * hd + d))));
-    for (int64_t i = 0; i < nq; ++i) {
-      const float w = p[i * S + j];
-      if (w == 0) continue;
-      const __m256 wv = _mm256_set1_ps(w);
-      for (int64_t d = 0; d < hd; d += 8)
-        _mm256_storeu_ps(out + i * hd + d, _mm256_fmadd_ps(wv, _mm256_load_ps(vf + d), _mm256_loadu_ps(out + i * hd + d)));
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t d0 = 0; d0 < hd; d0 += 8 * NA) {
+      __m256 acc[NA];
+      for (int a = 0; a < NA; ++a) acc[a] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < S; ++j) {
+        const float w = p[i * S + j];
+        if (w == 0) continue;  // masked ring slots
+        const __m256 wv = _mm256_set1_ps(w);
+#pragma GCC unroll 8
+        for (int a = 0; a < NA; ++a)
+          acc[a] = _mm256_fmadd_ps(wv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(V + j * hd + d0 + 8 * a))), acc[a]);
+      }
+      for (int a = 0; a < NA; ++a) _mm256_storeu_ps(out + i * hd + d0 + 8 * a, acc[a]);
     }
-  }
 }
 #endif
 
@@ -167,23 +232,41 @@ void attend(const uint16_t* K, const uint16_t* V, int64_t S, int64_t hd, const f
         if (!valid[j]) s[j] = -std::numeric_limits<float>::infinity();
     float mx = -std::numeric_limits<float>::infinity(), sum = 0;
     for (int64_t j = 0; j < S; ++j) mx = std::max(mx, s[j]);
-    for (int64_t j = 0; j < S; ++j) sum += (s[j] = std::exp(s[j] - mx));
+#ifdef ST_X86
+    if (simd) exp_avx2(s, S, mx, vec_exp());
+    else
+#endif
+      for (int64_t j = 0; j < S; ++j) s[j] = std::exp(s[j] - mx);
+    for (int64_t j = 0; j < S; ++j) sum += s[j];
     for (int64_t j = 0; j < S; ++j) s[j] /= sum;
   }
-  std::fill(out, out + nq * hd, 0.0f);
 #ifdef ST_X86
-  if (simd) { values_avx2(V, S, hd, sc.data(), nq, out); return; }
+  if (simd) {  // as many registers as the head dimension's pieces of 8 allow
+    if (hd % 64 == 0) values_avx2<8>(V, S, hd, sc.data(), nq, out);
+    else if (hd % 32 == 0) values_avx2<4>(V, S, hd, sc.data(), nq, out);
+    else if (hd % 16 == 0) values_avx2<2>(V, S, hd, sc.data(), nq, out);
+    else values_avx2<1>(V, S, hd, sc.data(), nq, out);
+    return;
+  }
 #endif
+  std::fill(out, out + nq * hd, 0.0f);
   values_scalar(V, S, hd, sc.data(), nq, out);
 }
 
 // ---------------------------------------------------------------- row ops
-void rms_norm(const float* x, const float* w, int64_t n, int64_t H, float eps, float* out) {
+float dot(const float* a, const float* b, int64_t n, bool simd) {
+#ifdef ST_X86
+  if (simd) return dot_avx2(a, b, n);
+#endif
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void rms_norm(const float* x, const float* w, int64_t n, int64_t H, float eps, bool simd, float* out) {
   for (int64_t m = 0; m < n; ++m) {
     const float* xr = x + m * H;
-    double ss = 0;
-    for (int64_t i = 0; i < H; ++i) ss += (double)xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt((float)(ss / H) + eps);
+    const float inv = 1.0f / std::sqrt(dot(xr, xr, H, simd) / H + eps);
     for (int64_t i = 0; i < H; ++i) out[m * H + i] = w[i] * (xr[i] * inv);
   }
 }
@@ -232,12 +315,12 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
   const int64_t nq = nh * hd, nk = nkv * hd, nqkv = nq + 2 * nk, G = nh / nkv, ring = L.ring;
   const float eps = (float)L.eps, scale = 1.0f / std::sqrt((float)hd);
   const int unpacked = n > 4;  // the rows qmatmul's BlockWeight sends down the decode path (DECODE_ROWS)
-  const bool simd = !L.scalar && loopcli_qgemm_has_avx2() && hd % 8 == 0 && hd <= 512;
+  const bool simd = !L.scalar && loopcli_qgemm_has_avx2() && hd % 8 == 0;
   thread_local Scratch w;
   w.a.resize(n * H), w.qkv.resize(n * nqkv), w.y.resize(n * nq), w.gate.resize(n * nh);
   w.gu.resize(n * 2 * I), w.act.resize(n * I), w.o.resize(n * H);
 
-  rms_norm(U, L.attn_norm, n, H, eps, w.a.data());
+  rms_norm(U, L.attn_norm, n, H, eps, simd, w.a.data());
   if (matmul_parts(w.a.data(), n, H, L.qkv_parts, L.qkv, L.qkv_type, L.qkv_rows, unpacked, w.part, w.qkv.data()))
     return 1;
   for (int64_t m = 0; m < n; ++m) {
@@ -254,13 +337,10 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
     for (int64_t m = 0; m < n; ++m) {
       if (m % R == 0) continue;
       const float* q = w.qkv.data() + m * nqkv;
-      if (L.gate_hidden) rms_norm(U + m * H, L.gate_norm, 1, H, eps, xn.data());
+      if (L.gate_hidden) rms_norm(U + m * H, L.gate_norm, 1, H, eps, simd, xn.data());
       for (int64_t h = 0; h < nh; ++h) {
-        float z = 0;
-        if (L.gate_hidden)
-          for (int64_t i = 0; i < H; ++i) z += xn[i] * L.gate_w[h * H + i];
-        else
-          for (int64_t d = 0; d < hd; ++d) z += q[h * hd + d] * L.gate_w[h * hd + d];
+        const float z = L.gate_hidden ? dot(xn.data(), L.gate_w + h * H, H, simd)
+                                      : dot(q + h * hd, L.gate_w + h * hd, hd, simd);
         w.gate[m * nh + h] = sigmoid(z + L.gate_b[h]);
       }
     }
@@ -324,15 +404,18 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
   });
   if (loopcli_qgemm(w.y.data(), n, nq, L.wo, H, (int)L.wo_type, 0, unpacked, w.o.data())) return 1;
   for (int64_t i = 0; i < n * H; ++i) U[i] += w.o[i];
-  rms_norm(U, L.ffn_norm, n, H, eps, w.a.data());
+  rms_norm(U, L.ffn_norm, n, H, eps, simd, w.a.data());
   if (matmul_parts(w.a.data(), n, H, L.gate_up_parts, L.gate_up, L.gate_up_type, L.gate_up_rows, unpacked, w.part,
                    w.gu.data()))
     return 1;
-  for (int64_t m = 0; m < n; ++m)
-    for (int64_t i = 0; i < I; ++i) {
-      const float g = w.gu[m * 2 * I + i], up = w.gu[m * 2 * I + I + i];
-      w.act[m * I + i] = g / (1.0f + std::exp(-g)) * up;
-    }
+  for (int64_t m = 0; m < n; ++m) {
+    const float *g = w.gu.data() + m * 2 * I, *up = g + I;
+    float* act = w.act.data() + m * I;
+#ifdef ST_X86
+    if (simd) { silu_mul_avx2(g, up, I, vec_exp(), act); continue; }
+#endif
+    for (int64_t i = 0; i < I; ++i) act[i] = g[i] / (1.0f + std::exp(-g[i])) * up[i];
+  }
   if (loopcli_qgemm(w.act.data(), n, I, L.down, H, (int)L.down_type, 0, unpacked, w.o.data())) return 1;
   for (int64_t i = 0; i < n * H; ++i) U[i] += w.o[i];
   return 0;
