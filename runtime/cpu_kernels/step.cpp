@@ -166,53 +166,73 @@ AVX2 void silu_mul_avx2(const float* g, const float* up, int64_t n, VecExp f, fl
   for (; i < n; ++i) act[i] = g[i] / (1.0f + std::exp(-g[i])) * up[i];
 }
 
-// Per query, 8 keys at a time: 8 running dot products, then one transposing reduction.
+constexpr int64_t CHUNK = 64;  // keys converted to f32 at a time, then read by every query (16 KB at hd 64)
+
+AVX2 void f16_to_f32_avx2(const uint16_t* src, int64_t n, float* dst) {  // n: a multiple of 8
+  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+}
+
+// Per chunk of keys and query, 8 keys at a time: 8 running dot products, one transposing reduction.
 AVX2 void scores_avx2(const uint16_t* K, int64_t S, int64_t hd, const float* q, int64_t nq, float scale, float* sc) {
+  thread_local std::vector<float> buf;
+  buf.resize(CHUNK * hd);
+  float* kf = buf.data();
   const __m256 sv = _mm256_set1_ps(scale);
-  for (int64_t i = 0; i < nq; ++i) {
-    const float* qi = q + i * hd;
-    float* si = sc + i * S;
-    int64_t j = 0;
-    for (; j + 8 <= S; j += 8) {
-      __m256 a[8];
-      for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_ps();
-      for (int64_t d = 0; d < hd; d += 8) {
-        const __m256 qv = _mm256_loadu_ps(qi + d);
+  for (int64_t j0 = 0; j0 < S; j0 += CHUNK) {
+    const int64_t nk = std::min(CHUNK, S - j0);
+    f16_to_f32_avx2(K + j0 * hd, nk * hd, kf);
+    for (int64_t i = 0; i < nq; ++i) {
+      const float* qi = q + i * hd;
+      float* si = sc + i * S + j0;
+      int64_t j = 0;
+      for (; j + 8 <= nk; j += 8) {
+        __m256 a[8];
+        for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 8) {
+          const __m256 qv = _mm256_loadu_ps(qi + d);
 #pragma GCC unroll 8
-        for (int k = 0; k < 8; ++k)
-          a[k] = _mm256_fmadd_ps(qv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(K + (j + k) * hd + d))), a[k]);
+          for (int k = 0; k < 8; ++k) a[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kf + (j + k) * hd + d), a[k]);
+        }
+        const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        _mm256_storeu_ps(si + j, _mm256_mul_ps(r, sv));
       }
-      const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-      const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-      const __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-      _mm256_storeu_ps(si + j, _mm256_mul_ps(r, sv));
-    }
-    for (; j < S; ++j) {
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t d = 0; d < hd; d += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(K + j * hd + d))), acc);
-      si[j] = hsum(acc) * scale;
+      for (; j < nk; ++j) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 8)
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(qi + d), _mm256_loadu_ps(kf + j * hd + d), acc);
+        si[j] = hsum(acc) * scale;
+      }
     }
   }
 }
 
-// Per query and piece of NA x 8 dimensions: the weighted sum over keys kept in registers.
+// Per chunk of keys, query and piece of NA x 8 dimensions: the weighted sum kept in registers.
 template <int NA>
 AVX2 void values_avx2(const uint16_t* V, int64_t S, int64_t hd, const float* p, int64_t nq, float* out) {
-  for (int64_t i = 0; i < nq; ++i)
-    for (int64_t d0 = 0; d0 < hd; d0 += 8 * NA) {
-      __m256 acc[NA];
-      for (int a = 0; a < NA; ++a) acc[a] = _mm256_setzero_ps();
-      for (int64_t j = 0; j < S; ++j) {
-        const float w = p[i * S + j];
-        if (w == 0) continue;  // masked ring slots
-        const __m256 wv = _mm256_set1_ps(w);
+  thread_local std::vector<float> buf;
+  buf.resize(CHUNK * hd);
+  float* vf = buf.data();
+  std::fill(out, out + nq * hd, 0.0f);
+  for (int64_t j0 = 0; j0 < S; j0 += CHUNK) {
+    const int64_t nk = std::min(CHUNK, S - j0);
+    f16_to_f32_avx2(V + j0 * hd, nk * hd, vf);
+    for (int64_t i = 0; i < nq; ++i)
+      for (int64_t d0 = 0; d0 < hd; d0 += 8 * NA) {
+        float* o = out + i * hd + d0;
+        __m256 acc[NA];
+        for (int a = 0; a < NA; ++a) acc[a] = _mm256_loadu_ps(o + 8 * a);
+        for (int64_t j = 0; j < nk; ++j) {
+          const float w = p[i * S + j0 + j];
+          if (w == 0) continue;  // masked ring slots
+          const __m256 wv = _mm256_set1_ps(w);
 #pragma GCC unroll 8
-        for (int a = 0; a < NA; ++a)
-          acc[a] = _mm256_fmadd_ps(wv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(V + j * hd + d0 + 8 * a))), acc[a]);
+          for (int a = 0; a < NA; ++a) acc[a] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vf + j * hd + d0 + 8 * a), acc[a]);
+        }
+        for (int a = 0; a < NA; ++a) _mm256_storeu_ps(o + 8 * a, acc[a]);
       }
-      for (int a = 0; a < NA; ++a) _mm256_storeu_ps(out + i * hd + d0 + 8 * a, acc[a]);
-    }
+  }
 }
 #endif
 
