@@ -577,6 +577,7 @@ class Engine:
             args.append(cpu_kernels.StepLayer(
                 H=H, nh=nh, nkv=nkv, hd=hd, inter=l.down.cols, R=cfg.num_loops, ring=cfg.window + 1, layer=i,
                 layers=cfg.num_layers, gate_hidden=int(cfg.gate_use_hidden_states), scalar=0,
+                decode_rows=cpu_kernels.DECODE_ROWS,
                 wo_type=l.wo.ggml_type, down_type=l.down.ggml_type,
                 qkv_parts=nqkv, qkv_type=tqkv, qkv_rows=rqkv, gate_up_parts=ngu, gate_up_type=tgu, gate_up_rows=rgu,
                 eps=cfg.rms_norm_eps, qkv=wqkv, wo=l.wo.raw.data_ptr(), gate_up=wgu, down=l.down.raw.data_ptr(),

@@ -33,9 +33,11 @@ class StepLayer(ctypes.Structure):
     """step.cpp's LayerArgs: one layer's sizes and weights (qkv and gate_up: up to 3 and 2 row
     blocks, each with its own type); every field is 8 bytes."""
     _fields_ = ([(n, ctypes.c_int64) for n in ("H", "nh", "nkv", "hd", "inter", "R", "ring", "layer", "layers",
-                                               "gate_hidden", "scalar", "wo_type", "down_type", "qkv_parts")]
-                + [("qkv_type", ctypes.c_int64 * 3), ("qkv_rows", ctypes.c_int64 * 3), ("gate_up_parts", ctypes.c_int64),
-                   ("gate_up_type", ctypes.c_int64 * 2), ("gate_up_rows", ctypes.c_int64 * 2), ("eps", ctypes.c_double),
+                                               "gate_hidden", "scalar", "decode_rows", "wo_type", "down_type",
+                                               "qkv_parts")]
+                + [("qkv_type", ctypes.c_int64 * 3), ("qkv_rows", ctypes.c_int64 * 3),
+                   ("gate_up_parts", ctypes.c_int64), ("gate_up_type", ctypes.c_int64 * 2),
+                   ("gate_up_rows", ctypes.c_int64 * 2), ("eps", ctypes.c_double),
                    ("qkv", ctypes.c_void_p * 3), ("wo", ctypes.c_void_p), ("gate_up", ctypes.c_void_p * 2)]
                 + [(n, ctypes.c_void_p) for n in ("down", "attn_norm", "ffn_norm", "qkv_bias", "gate_w", "gate_b",
                                                   "gate_norm")])

@@ -33,7 +33,7 @@ namespace {
 // Every field is 8 bytes, so the two layouts cannot disagree on padding. qkv and gate_up may be
 // row blocks of different formats (q4_k_m keeps some v and down rows in Q6_K): up to 3 and 2 parts.
 struct LayerArgs {
-  int64_t H, nh, nkv, hd, inter, R, ring, layer, layers, gate_hidden, scalar;
+  int64_t H, nh, nkv, hd, inter, R, ring, layer, layers, gate_hidden, scalar, decode_rows;
   int64_t wo_type, down_type, qkv_parts, qkv_type[3], qkv_rows[3], gate_up_parts, gate_up_type[2], gate_up_rows[2];
   double eps;
   const uint8_t *qkv[3], *wo, *gate_up[2], *down;  // GGUF rows
@@ -169,7 +169,8 @@ AVX2 void silu_mul_avx2(const float* g, const float* up, int64_t n, VecExp f, fl
 constexpr int64_t CHUNK = 64;  // keys converted to f32 at a time, then read by every query (16 KB at hd 64)
 
 AVX2 void f16_to_f32_avx2(const uint16_t* src, int64_t n, float* dst) {  // n: a multiple of 8
-  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
 }
 
 // Per chunk of keys and query, 8 keys at a time: 8 running dot products, one transposing reduction.
@@ -334,7 +335,7 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
   const int64_t H = L.H, nh = L.nh, nkv = L.nkv, hd = L.hd, R = L.R, I = L.inter, n = B * R;
   const int64_t nq = nh * hd, nk = nkv * hd, nqkv = nq + 2 * nk, G = nh / nkv, ring = L.ring;
   const float eps = (float)L.eps, scale = 1.0f / std::sqrt((float)hd);
-  const int unpacked = n > 4;  // the rows qmatmul's BlockWeight sends down the decode path (DECODE_ROWS)
+  const int unpacked = n > L.decode_rows;  // as qmatmul's BlockWeight.linear chooses the path
   const bool simd = !L.scalar && loopcli_qgemm_has_avx2() && hd % 8 == 0;
   thread_local Scratch w;
   w.a.resize(n * H), w.qkv.resize(n * nqkv), w.y.resize(n * nq), w.gate.resize(n * nh);

@@ -196,6 +196,13 @@ def test_other_weights_decode_through_torch(kernel, quant):
     assert fast._step_args == [] and fast._cpu_step_layers([fast.state]) is None
 
 
+def test_weights_of_unexpected_sizes_keep_the_torch_step(kernel):
+    """The C++ step reads weights through pointers: a size it does not expect is never passed."""
+    fast, _ = engines("llama", "q8_0")
+    fast.layers[1].wo = fast.layers[1].qkv  # 128 rows where the step expects H = 64
+    assert fast._build_step_args() is None
+
+
 def test_the_cpp_step_can_be_turned_off(kernel, monkeypatch):
     monkeypatch.setenv("LOOPCLI_CPU_STEP", "0")
     fast, _ = engines("llama", "q8_0")
