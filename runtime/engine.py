@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import blocks, qmatmul
+from . import blocks, cpu_kernels, qmatmul
 from .config import ModelConfig
 from .errors import ModelError
 
@@ -523,8 +523,6 @@ class Engine:
     def _build_step_args(self) -> list | None:
         """One `cpu_kernels.StepLayer` per layer, or None where the C++ step does not apply. Every
         size the C++ code relies on is checked here (the torch path raises its own errors)."""
-        from . import cpu_kernels
-
         cfg = self.cfg
         if self.device.type != "cpu" or self.dtype != torch.float32 or self.kv_dtype != torch.float16:
             return None
@@ -537,6 +535,7 @@ class Engine:
             ps = parts(w)
             return (len(ps) <= most and sum(p.rows for p in ps) == rows and all(
                 isinstance(p, qmatmul.BlockWeight) and p.cols == cols and p.raw.is_contiguous()
+                and cols % cpu_kernels.VALUES[p.ggml_type] == 0
                 and p.raw.shape[1] * cpu_kernels.VALUES[p.ggml_type] == cols * cpu_kernels.BYTES[p.ggml_type]
                 for p in ps))
 
@@ -587,8 +586,6 @@ class Engine:
         return args
 
     def _layers_in_cpp(self, kernel, states: Sequence[State], pos: list[int], U: torch.Tensor) -> None:
-        from . import cpu_kernels
-
         cos, sin = self._rope(torch.tensor(pos))  # [B, hd]
         seqs = (cpu_kernels.StepSeq * len(states))(*[  # built per step: _reserve moves k0/v0
             cpu_kernels.StepSeq(t, st.k0.shape[2], st.k0.data_ptr(), st.v0.data_ptr(), st.ring_k.data_ptr(),
