@@ -196,6 +196,17 @@ def test_other_weights_decode_through_torch(kernel, quant):
     assert fast._step_args == [] and fast._cpu_step_layers([fast.state]) is None
 
 
+def test_without_the_kernel_the_step_runs_in_torch(monkeypatch):
+    """LOOPCLI_CPU_KERNEL=0 (or a failed build): q8_0 weights take torch's packed path, and so
+    does the step."""
+    monkeypatch.setattr(cpu_kernels, "_state", {})
+    monkeypatch.setenv("LOOPCLI_CPU_KERNEL", "0")
+    fast, ref = engines("loopcoder", "q8_0", plt_window_size=[5, 0])
+    for token in (5, 6, 7):
+        assert torch.equal(fast.step(token), ref.step(token))
+    assert fast._step_args == [] and fast._cpu_step_layers([fast.state]) is None
+
+
 def test_weights_of_unexpected_sizes_keep_the_torch_step(kernel):
     """The C++ step reads weights through pointers: a size it does not expect is never passed."""
     fast, _ = engines("llama", "q8_0")
