@@ -15,6 +15,7 @@ and recomputes at most a few dozen tokens.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import blocks, qmatmul
+from . import blocks, cpu_kernels, qmatmul
 from .config import ModelConfig
 from .errors import ModelError
 
@@ -233,6 +234,9 @@ class Engine:
         self.device, self.dtype, self.kv_dtype = torch.device(device), dtype, kv_dtype
         self.max_context = min(max_context or cfg.max_position_embeddings, cfg.max_position_embeddings)
         self.last_reused = 0  # prompt tokens the last `start` took from the kept state
+        # decode step's layers in C++ where it applies (False: torch ops; "scalar": no AVX2, for tests)
+        self.cpu_step: bool | str = os.environ.get("LOOPCLI_CPU_STEP", "1") != "0"
+        self._step_args: list | None = None
         self._build(raw, packed)
         self.inv_freq = cfg.rope_inv_freq().to(self.device)
         self.state = self._empty_state(0)
@@ -439,37 +443,163 @@ class Engine:
 
     def _fused_step(self, token: int) -> torch.Tensor:
         """All R loops of one token as R rows of one pass; returns the last row's h_hat [H]."""
-        cfg, st = self.cfg, self.state
-        R, t = cfg.num_loops, st.length
-        self._reserve(1)
-        e = self.embed(torch.tensor([token], device=self.device)).to(self.dtype)
-        U = torch.cat([e, cfg.emb_scale * e + cfg.hidden_scale * st.carries]) if R > 1 else e
-        cos, sin = self._rope(torch.tensor([t]))
-        ring = cfg.window + 1
-        slot = t % ring
-        ring_valid = None if t + 1 >= ring else (torch.arange(ring, device=self.device) <= t)[None, :]
-        for i, layer in enumerate(self.layers):
-            q, k, v = self._project(layer, U, cos, sin, tiles=False)  # q [nh, R, hd]
-            st.k0[i, :, t] = k[:, 0].to(self.kv_dtype)
-            st.v0[i, :, t] = v[:, 0].to(self.kv_dtype)
-            y = attend(q, st.k0[i, :, :t + 1].to(self.dtype), st.v0[i, :, :t + 1].to(self.dtype), None)
+        return self._decode_rows([self.state], [token])[0]
+
+    def _decode_rows(self, states: Sequence[State], tokens: Sequence[int]) -> torch.Tensor:
+        """Feed tokens[b] to states[b]: the R loop rows of every sequence stacked into B x R rows,
+        so each weight is read once for all; returns each sequence's last-row h_hat [B, H]."""
+        cfg = self.cfg
+        R = cfg.num_loops
+        kept = self.state
+        try:
+            for st in states:  # grow each cache (raises ContextLimitError before anything changes)
+                self.state = st
+                self._reserve(1)
+        finally:
+            self.state = kept
+        pos = [st.length for st in states]
+        e = self.embed(torch.tensor(list(tokens), device=self.device)).to(self.dtype)  # [B, H]
+        rows = []
+        for b, st in enumerate(states):
+            rows.append(e[b:b + 1])
             if R > 1:
-                st.ring_k[:, i, :, slot] = k[:, 1:].transpose(0, 1).to(self.kv_dtype)
-                st.ring_v[:, i, :, slot] = v[:, 1:].transpose(0, 1).to(self.kv_dtype)
-                q_loc = q[:, 1:].transpose(0, 1).unsqueeze(2)  # [R-1, nh, 1, hd]
-                y_loc = attend(q_loc, st.ring_k[:, i].to(self.dtype), st.ring_v[:, i].to(self.dtype), ring_valid)
-                y_loc = y_loc.squeeze(2).transpose(0, 1)
-                mixed = torch.lerp(y_loc, y[:, 1:], self._gate(layer, U[1:], q[:, 1:]))
-                y = torch.cat([y[:, :1], mixed], dim=1)
-            U = self._finish(layer, U, y, tiles=False)
-        if cfg.normalize_per_loop:
-            Y = rms_norm(U, self.norm, cfg.rms_norm_eps)
+                rows.append(cfg.emb_scale * e[b:b + 1] + cfg.hidden_scale * st.carries)
+        U = torch.cat(rows)  # [B*R, H]: sequence b owns rows b*R .. b*R + R - 1
+        kernel = self._cpu_step_layers(states)
+        if kernel is not None:
+            self._layers_in_cpp(kernel, states, pos, U)
         else:
-            Y = torch.cat([U[:-1], rms_norm(U[-1:], self.norm, cfg.rms_norm_eps)])
-        st.carries.copy_(Y[:-1])
-        st.tokens.append(token)
-        self._snapshot()
-        return Y[-1]
+            U = self._layers_in_torch(states, pos, U)
+        last = []
+        for b, st in enumerate(states):
+            Ub = U[b * R:(b + 1) * R]
+            if cfg.normalize_per_loop:
+                Y = rms_norm(Ub, self.norm, cfg.rms_norm_eps)
+            else:
+                Y = torch.cat([Ub[:-1], rms_norm(Ub[-1:], self.norm, cfg.rms_norm_eps)])
+            st.carries.copy_(Y[:-1])
+            st.tokens.append(int(tokens[b]))
+            last.append(Y[-1])
+            self.state = st
+            self._snapshot()
+        self.state = kept
+        return torch.stack(last)
+
+    def _layers_in_torch(self, states: Sequence[State], pos: list[int], U: torch.Tensor) -> torch.Tensor:
+        """Every layer of the decode step with torch ops (any device, dtype and weight format)."""
+        cfg, dt, kvt = self.cfg, self.dtype, self.kv_dtype
+        R, ring = cfg.num_loops, cfg.window + 1
+        cos, sin = self._rope(torch.tensor(pos).repeat_interleave(R))
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._project(layer, U, cos, sin, tiles=False)  # q [nh, B*R, hd]
+            ys = []
+            for b, st in enumerate(states):
+                t, a = pos[b], b * R
+                qb, kb, vb = q[:, a:a + R], k[:, a:a + R], v[:, a:a + R]
+                st.k0[i, :, t] = kb[:, 0].to(kvt)
+                st.v0[i, :, t] = vb[:, 0].to(kvt)
+                y = attend(qb, st.k0[i, :, :t + 1].to(dt), st.v0[i, :, :t + 1].to(dt), None)
+                if R > 1:
+                    slot = t % ring
+                    valid = None if t + 1 >= ring else (torch.arange(ring, device=self.device) <= t)[None, :]
+                    st.ring_k[:, i, :, slot] = kb[:, 1:].transpose(0, 1).to(kvt)
+                    st.ring_v[:, i, :, slot] = vb[:, 1:].transpose(0, 1).to(kvt)
+                    q_loc = qb[:, 1:].transpose(0, 1).unsqueeze(2)  # [R-1, nh, 1, hd]
+                    y_loc = attend(q_loc, st.ring_k[:, i].to(dt), st.ring_v[:, i].to(dt), valid)
+                    y_loc = y_loc.squeeze(2).transpose(0, 1)
+                    mixed = torch.lerp(y_loc, y[:, 1:], self._gate(layer, U[a + 1:a + R], qb[:, 1:]))
+                    y = torch.cat([y[:, :1], mixed], dim=1)
+                ys.append(y)
+            U = self._finish(layer, U, torch.cat(ys, dim=1), tiles=False)
+        return U
+
+    def _cpu_step_layers(self, states: Sequence[State]):
+        """The kernel that runs the decode step's layers in C++ (cpu_kernels/step.cpp), or None
+        where that does not apply: turned off (`cpu_step`, LOOPCLI_CPU_STEP=0), not a CPU f32
+        engine with f16 caches, a layer weight that is not the kernel's (`BlockWeight`), no kernel."""
+        if not self.cpu_step:
+            return None
+        if self._step_args is None:  # once, at first use
+            self._step_args = self._build_step_args() or []
+        if not self._step_args:
+            return None
+        for st in states:  # the kernel writes the caches through their pointers
+            if not all(t.is_contiguous() and t.dtype == self.kv_dtype for t in (st.k0, st.v0, st.ring_k, st.ring_v)):
+                return None
+        return self._step_kernel
+
+    def _build_step_args(self) -> list | None:
+        """One `cpu_kernels.StepLayer` per layer, or None where the C++ step does not apply. Every
+        size the C++ code relies on is checked here (the torch path raises its own errors)."""
+        cfg = self.cfg
+        if self.device.type != "cpu" or self.dtype != torch.float32 or self.kv_dtype != torch.float16:
+            return None
+        H, nh, nkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        if nh % nkv or hd % 2:
+            return None
+        parts = lambda w: w.parts if isinstance(w, Stacked) else [w]
+
+        def fits(w, most: int, rows: int, cols: int) -> bool:  # kernel row blocks of this shape
+            ps = parts(w)
+            return (len(ps) <= most and sum(p.rows for p in ps) == rows and all(
+                isinstance(p, qmatmul.BlockWeight) and p.cols == cols and p.raw.is_contiguous()
+                and cols % cpu_kernels.VALUES[p.ggml_type] == 0 for p in ps))
+
+        def floats(t: torch.Tensor | None, n: int) -> bool:
+            return t is not None and t.numel() == n
+
+        for l in self.layers:
+            inter = l.down.cols
+            if not (fits(l.qkv, 3, (nh + 2 * nkv) * hd, H) and fits(l.wo, 1, H, nh * hd)
+                    and fits(l.gate_up, 2, 2 * inter, H) and fits(l.down, 1, H, inter)
+                    and floats(l.attn_norm, H) and floats(l.ffn_norm, H)
+                    and (l.qkv_bias is None or floats(l.qkv_bias, (nh + 2 * nkv) * hd))):
+                return None
+            if cfg.is_plt and not (floats(l.gate_w, nh * (H if cfg.gate_use_hidden_states else hd))
+                                   and floats(l.gate_b, nh)
+                                   and (not cfg.gate_use_hidden_states or floats(l.gate_norm, H))):
+                return None
+        keep = []  # contiguous f32 copies the blocks point to, alive as long as the engine
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            t = t.to(torch.float32).contiguous()
+            keep.append(t)
+            return t.data_ptr()
+
+        def blocks_of(w, n):  # (count, types, rows, pointers) of up to n row blocks
+            ps = parts(w)
+            pad = lambda xs: xs + [0] * (n - len(xs))
+            return (len(ps), (ctypes.c_int64 * n)(*pad([p.kernel_type for p in ps])),
+                    (ctypes.c_int64 * n)(*pad([p.rows for p in ps])),
+                    (ctypes.c_void_p * n)(*pad([p.raw.data_ptr() for p in ps])))
+
+        args = []
+        for i, l in enumerate(self.layers):
+            nqkv, tqkv, rqkv, wqkv = blocks_of(l.qkv, 3)
+            ngu, tgu, rgu, wgu = blocks_of(l.gate_up, 2)
+            args.append(cpu_kernels.StepLayer(
+                H=H, nh=nh, nkv=nkv, hd=hd, inter=l.down.cols, R=cfg.num_loops, ring=cfg.window + 1, layer=i,
+                layers=cfg.num_layers, gate_hidden=int(cfg.gate_use_hidden_states), scalar=0,
+                decode_rows=cpu_kernels.DECODE_ROWS,
+                wo_type=l.wo.kernel_type, down_type=l.down.kernel_type,
+                qkv_parts=nqkv, qkv_type=tqkv, qkv_rows=rqkv, gate_up_parts=ngu, gate_up_type=tgu, gate_up_rows=rgu,
+                eps=cfg.rms_norm_eps, qkv=wqkv, wo=l.wo.raw.data_ptr(), gate_up=wgu, down=l.down.raw.data_ptr(),
+                attn_norm=ptr(l.attn_norm), ffn_norm=ptr(l.ffn_norm), qkv_bias=ptr(l.qkv_bias),
+                gate_w=ptr(l.gate_w), gate_b=ptr(l.gate_b), gate_norm=ptr(l.gate_norm)))
+        self._step_keep, self._step_kernel = keep, self.layers[0].wo.kernel
+        return args
+
+    def _layers_in_cpp(self, kernel, states: Sequence[State], pos: list[int], U: torch.Tensor) -> None:
+        cos, sin = self._rope(torch.tensor(pos))  # [B, hd]
+        seqs = (cpu_kernels.StepSeq * len(states))(*[  # built per step: _reserve moves k0/v0
+            cpu_kernels.StepSeq(t, st.k0.shape[2], st.k0.data_ptr(), st.v0.data_ptr(), st.ring_k.data_ptr(),
+                                st.ring_v.data_ptr()) for t, st in zip(pos, states)])
+        scalar = int(self.cpu_step == "scalar")
+        for blk in self._step_args:
+            blk.scalar = scalar
+            kernel.step_layer(blk, seqs, cos, sin, U)
 
     def head(self, h_hat: torch.Tensor, tiles: bool = False) -> torch.Tensor:
         """Logits as f32 on the CPU, where the sampler works."""
@@ -628,7 +758,6 @@ def engine_class(device, kernels: str | None = None) -> type[Engine]:
 def _return_freed_memory() -> None:
     """Hand the decoding temporaries back to the OS (glibc keeps freed heap pages otherwise,
     about 0.3 x the model here)."""
-    import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")

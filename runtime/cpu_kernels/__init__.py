@@ -1,4 +1,5 @@
-"""Our CPU kernel for quantized matmuls (qgemm.cpp), built once per machine on first use.
+"""Our CPU kernels, built once per machine on first use: quantized matmuls (qgemm.cpp) and one
+layer of the fused decode step (step.cpp, which calls the matmul).
 
 `get()` compiles the C++ source with torch's extension builder (g++ and ninja; the build is
 cached in torch's extensions directory, TORCH_EXTENSIONS_DIR, and redone only when the source
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("qgemm.cpp")
+SOURCES = [Path(__file__).with_name("qgemm.cpp"), Path(__file__).with_name("step.cpp")]
 TYPES = (2, 8, 12, 13, 14)  # GGML ids the kernel reads: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
 VALUES = {2: 32, 8: 32, 12: 256, 13: 256, 14: 256}  # values per block
 BYTES = {2: 18, 8: 34, 12: 144, 13: 176, 14: 210}  # bytes per block
@@ -28,6 +29,26 @@ X8_TYPES = (8, 12)  # Q8_0, Q4_K
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+
+
+class StepLayer(ctypes.Structure):
+    """step.cpp's LayerArgs: one layer's sizes and weights (qkv and gate_up: up to 3 and 2 row
+    blocks, each with its own type); every field is 8 bytes."""
+    _fields_ = ([(n, ctypes.c_int64) for n in ("H", "nh", "nkv", "hd", "inter", "R", "ring", "layer", "layers",
+                                               "gate_hidden", "scalar", "decode_rows", "wo_type", "down_type",
+                                               "qkv_parts")]
+                + [("qkv_type", ctypes.c_int64 * 3), ("qkv_rows", ctypes.c_int64 * 3),
+                   ("gate_up_parts", ctypes.c_int64), ("gate_up_type", ctypes.c_int64 * 2),
+                   ("gate_up_rows", ctypes.c_int64 * 2), ("eps", ctypes.c_double),
+                   ("qkv", ctypes.c_void_p * 3), ("wo", ctypes.c_void_p), ("gate_up", ctypes.c_void_p * 2)]
+                + [(n, ctypes.c_void_p) for n in ("down", "attn_norm", "ffn_norm", "qkv_bias", "gate_w", "gate_b",
+                                                  "gate_norm")])
+
+
+class StepSeq(ctypes.Structure):
+    """step.cpp's Seq: a sequence's position, cache capacity and its f16 caches."""
+    _fields_ = [("t", ctypes.c_int64), ("cap", ctypes.c_int64)] + [
+        (n, ctypes.c_void_p) for n in ("k0", "v0", "rk", "rv")]
 
 
 class Kernel:
@@ -43,6 +64,10 @@ class Kernel:
         self._x8_repack = lib.loopcli_x8_repack
         self._x8_repack.restype = None
         self._x8_repack.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        self._step = lib.loopcli_step_layer
+        self._step.restype = ctypes.c_int
+        self._step.argtypes = [ctypes.POINTER(StepLayer), ctypes.c_int64, ctypes.POINTER(StepSeq),
+                               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
 
     def repack(self, raw: torch.Tensor, ggml_type: int, cols: int) -> tuple[torch.Tensor, int]:
         """GGUF rows -> (the weight as the kernel reads it fastest, the type id to pass with it).
@@ -57,6 +82,12 @@ class Kernel:
         out = torch.empty(size, dtype=torch.uint8)
         self._x8_repack(ggml_type, raw.data_ptr(), raw.shape[0], cols, out.data_ptr())
         return out, ggml_type | X8
+
+    def step_layer(self, layer: StepLayer, seqs, cos: torch.Tensor, sin: torch.Tensor, U: torch.Tensor) -> None:
+        """One layer of the fused decode step in place on U [B*R, H] (f32, contiguous), for the
+        len(seqs) sequences of a `StepSeq` array; cos/sin f32 [B, hd] at their positions."""
+        if self._step(ctypes.byref(layer), len(seqs), seqs, cos.data_ptr(), sin.data_ptr(), U.data_ptr()):
+            raise ValueError("step: a layer weight is not a kernel format")
 
     def qgemm(self, x: torch.Tensor, raw: torch.Tensor, ggml_type: int, tiles: bool = False,
               scalar: bool = False, rows: int | None = None) -> torch.Tensor:
@@ -102,7 +133,7 @@ def _build() -> Kernel | None:
     try:
         from torch.utils import cpp_extension
 
-        path = cpp_extension.load(name="loopcli_qgemm", sources=[str(SOURCE)], is_python_module=False,
+        path = cpp_extension.load(name="loopcli_qgemm", sources=[str(p) for p in SOURCES], is_python_module=False,
                                   extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
         return Kernel(ctypes.CDLL(path))
     except Exception as exc:  # no compiler, a failed build: the torch path still works
