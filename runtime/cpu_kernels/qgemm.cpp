@@ -16,6 +16,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "half.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -46,23 +48,7 @@ int block_bytes(int t) {
 float f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
-  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do { man <<= 1; ++e; } while (!(man & 1024));
-      bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 1023) << 13;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0xFFu << 23 | man << 13;
-  } else {
-    bits = sign | (exp + 127 - 15) << 23 | man << 13;
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return half_to_float(h);
 }
 
 // The 6-bit scales and mins of a Q4_K / Q5_K super-block.

@@ -10,6 +10,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "half.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -47,51 +49,12 @@ struct Seq {
   uint16_t *rk, *rv;  // [R-1, L, nkv, ring, hd] f16
 };
 
-float h2f(uint16_t h) {
-  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 31, man = h & 1023, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do { man <<= 1; ++e; } while (!(man & 1024));
-      bits = sign | (uint32_t)(127 - 15 - e) << 23 | (man & 1023) << 13;
-    }
-  } else if (exp == 31) {
-    bits = sign | 0xFFu << 23 | man << 13;
-  } else {
-    bits = sign | (exp + 127 - 15) << 23 | man << 13;
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// f32 -> f16, round to nearest even (what torch's .to(float16) does).
-uint16_t f2h(float x) {
-  uint32_t f;
-  std::memcpy(&f, &x, 4);
-  const uint32_t sign = (f >> 16) & 0x8000u;
-  f &= 0x7FFFFFFFu;
-  if (f >= 0x47800000u) return (uint16_t)(sign | (f > 0x7F800000u ? 0x7E00u : 0x7C00u));  // >= 65536, inf, nan
-  if (f < 0x38800000u) {  // below 2^-14: subnormal, let the float adder round at the right bit
-    float v, magic = 0.5f;
-    std::memcpy(&v, &f, 4);
-    v += magic;
-    uint32_t r;
-    std::memcpy(&r, &v, 4);
-    return (uint16_t)(sign | (r - 0x3F000000u));
-  }
-  f += 0xC8000FFFu + ((f >> 13) & 1);  // rebias the exponent (-112 << 23) and round half to even
-  return (uint16_t)(sign | (f >> 13));  // a carry into the exponent (65520..65535) gives inf
-}
-
 // ---------------------------------------------------------------- attention primitives
 // scores[i * S + j] = scale * q_i . k_j for nq queries (contiguous [nq, hd]) and S keys [S, hd].
 void scores_scalar(const uint16_t* K, int64_t S, int64_t hd, const float* q, int64_t nq, float scale, float* sc) {
   std::vector<float> kf(hd);
   for (int64_t j = 0; j < S; ++j) {
-    for (int64_t d = 0; d < hd; ++d) kf[d] = h2f(K[j * hd + d]);
+    for (int64_t d = 0; d < hd; ++d) kf[d] = half_to_float(K[j * hd + d]);
     for (int64_t i = 0; i < nq; ++i) {
       float s = 0;
       for (int64_t d = 0; d < hd; ++d) s += q[i * hd + d] * kf[d];
@@ -104,7 +67,7 @@ void scores_scalar(const uint16_t* K, int64_t S, int64_t hd, const float* q, int
 void values_scalar(const uint16_t* V, int64_t S, int64_t hd, const float* p, int64_t nq, float* out) {
   std::vector<float> vf(hd);
   for (int64_t j = 0; j < S; ++j) {
-    for (int64_t d = 0; d < hd; ++d) vf[d] = h2f(V[j * hd + d]);
+    for (int64_t d = 0; d < hd; ++d) vf[d] = half_to_float(V[j * hd + d]);
     for (int64_t i = 0; i < nq; ++i) {
       const float w = p[i * S + j];
       if (w == 0) continue;
@@ -381,8 +344,8 @@ int step_layer(const LayerArgs& L, int64_t B, const Seq* seqs, const float* cos,
           kd = sq.rk + off, vd = sq.rv + off;
         }
         for (int64_t d = 0; d < hd; ++d) {
-          kd[d] = f2h(row[nq + g * hd + d]);
-          vd[d] = f2h(row[nq + nk + g * hd + d]);
+          kd[d] = float_to_half(row[nq + g * hd + d]);
+          vd[d] = float_to_half(row[nq + nk + g * hd + d]);
         }
       }
     }
