@@ -237,6 +237,7 @@ class Engine:
         # decode step's layers in C++ where it applies (False: torch ops; "scalar": no AVX2, for tests)
         self.cpu_step: bool | str = os.environ.get("LOOPCLI_CPU_STEP", "1") != "0"
         self._step_args: list | None = None
+        self._step_cfg: ModelConfig | None = None  # the cfg the step arguments were built for
         self._build(raw, packed)
         self.inv_freq = cfg.rope_inv_freq().to(self.device)
         self.state = self._empty_state(0)
@@ -519,12 +520,18 @@ class Engine:
         engine with f16 caches, a layer weight that is not the kernel's (`BlockWeight`), no kernel."""
         if not self.cpu_step:
             return None
-        if self._step_args is None:  # once, at first use
-            self._step_args = self._build_step_args() or []
+        if self._step_args is None or self._step_cfg is not self.cfg:  # at first use (and if cfg is swapped)
+            self._step_args, self._step_cfg = self._build_step_args() or [], self.cfg
         if not self._step_args:
             return None
-        for st in states:  # the kernel writes the caches through their pointers
+        cfg = self.cfg
+        kv = (cfg.num_layers, cfg.num_kv_heads)
+        ring = (cfg.num_loops - 1, *kv, cfg.window + 1, cfg.head_dim)
+        for st in states:  # the kernel writes the caches through their pointers: they must be what it expects
             if not all(t.is_contiguous() and t.dtype == self.kv_dtype for t in (st.k0, st.v0, st.ring_k, st.ring_v)):
+                return None
+            if (st.k0.shape[:2] != kv or st.k0.shape[3] != cfg.head_dim or st.v0.shape != st.k0.shape
+                    or st.ring_k.shape != ring or st.ring_v.shape != ring or st.length >= st.k0.shape[2]):
                 return None
         return self._step_kernel
 

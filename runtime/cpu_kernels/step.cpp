@@ -38,7 +38,7 @@ struct LayerArgs {
   int64_t H, nh, nkv, hd, inter, R, ring, layer, layers, gate_hidden, scalar, decode_rows;
   int64_t wo_type, down_type, qkv_parts, qkv_type[3], qkv_rows[3], gate_up_parts, gate_up_type[2], gate_up_rows[2];
   double eps;
-  const uint8_t *qkv[3], *wo, *gate_up[2], *down;  // GGUF rows
+  const uint8_t *qkv[3], *wo, *gate_up[2], *down;  // as the kernel reads them (GGUF rows or its x8 layout)
   const float *attn_norm, *ffn_norm, *qkv_bias, *gate_w, *gate_b, *gate_norm;  // bias, gate: may be null
 };
 

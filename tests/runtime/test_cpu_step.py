@@ -244,3 +244,21 @@ def test_cpp_step_with_two_threads(kernel):
         check(errors)
     finally:
         torch.set_num_threads(kept)
+
+
+def test_a_state_the_step_does_not_expect_is_never_passed(kernel):
+    """The C++ step writes the caches through pointers: a config swapped under the engine (as
+    benchmarks/gpu.py does to time R = 1 on R = 2 weights) rebuilds the step's arguments, and a
+    state of another shape keeps the torch step, so nothing is written out of bounds."""
+    fast, ref = engines("loopcoder", "q8_0", plt_window_size=[5, 0])
+    fast.step(3)
+    assert fast._step_args and fast._step_cfg is fast.cfg
+    for eng in (fast, ref):  # R = 1 on the same weights, with a fresh state of that shape
+        eng.cfg = eng.cfg.with_loops(1)
+        eng.state = eng._empty_state(0)
+    for token in (5, 6, 7):
+        assert relative(fast.step(token), ref.step(token)) <= TOLERANCE
+    assert fast._step_cfg is fast.cfg and fast._cpu_step_layers([fast.state]) is not None
+    wrong = fast._empty_state(8)
+    wrong.ring_k = torch.zeros(1, *wrong.ring_k.shape[1:], dtype=wrong.ring_k.dtype)  # a ring R = 1 has none of
+    assert fast._cpu_step_layers([wrong]) is None
