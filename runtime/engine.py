@@ -742,12 +742,14 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype = torch.float32,
 def engine_class(device, kernels: str | None = None) -> type[Engine]:
     """The one place where ops are chosen by device: Triton kernels on CUDA (when installed),
     torch elsewhere. Forcing "triton" on CPU tensors needs Triton's interpreter."""
-    from loopcli.kernels import HAVE_TRITON, interpreting  # no kernel is compiled by this import
-
     kernels = kernels or os.environ.get("LOOPCLI_KERNELS") or None
     if kernels not in (None, "triton", "torch"):
         raise ModelError(f"kernels must be 'triton' or 'torch', not {kernels!r}")
     on_cuda = torch.device(device).type == "cuda"
+    if kernels == "torch" or (kernels is None and not on_cuda):
+        return Engine  # without importing Triton: its library alone is ~70 MB resident
+    from loopcli.kernels import HAVE_TRITON, interpreting  # no kernel is compiled by this import
+
     if kernels is None:
         kernels = "triton" if on_cuda and HAVE_TRITON else "torch"
     if kernels == "torch":

@@ -198,3 +198,17 @@ def test_prefix_reuse_is_exact_on_quantized_weights(checkpoints, small_chunks, t
     eng.reset()
     list(eng.generate(first, Sampler(), 4))
     assert (eng.prefill(second) - cold).abs().max() <= 1e-5 and eng.last_reused == 30
+
+
+def test_a_cpu_engine_does_not_load_triton(tmp_path):
+    """Triton's library alone is ~70 MB resident: a CPU engine never imports it (the memory
+    budget of loading is 1.2 x the GGUF), so a fresh process loads and decodes without it."""
+    import subprocess
+    import sys
+
+    gguf_path = convert(write_synthetic(tmp_path / "m", arch="llama"), tmp_path / "m.gguf", "q8_0", show_progress=False)
+    code = ("import sys; from loopcli.runtime.engine import load; e = load(sys.argv[1], threads=1); "
+            "e.prefill([1, 2, 3]); e.step(4); print(sorted(m for m in sys.modules if m.split('.')[0] == 'triton'))")
+    run = subprocess.run([sys.executable, "-c", code, str(gguf_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
