@@ -212,3 +212,21 @@ def test_a_cpu_engine_does_not_load_triton(tmp_path):
     run = subprocess.run([sys.executable, "-c", code, str(gguf_path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
+
+
+def test_prefix_reuse_is_bit_exact_on_a_long_quantized_prompt(tmp_path):
+    """A 2,000-token agent prompt, a reply, then the prompt plus 50 tokens: the resumed prefill
+    gives the cold run's logits bit for bit (before each row attended its own window, this case
+    differed by 6e-3: a last-bit difference turned into an int8 rounding step)."""
+    from loopcli.runtime.generate import Sampler
+
+    ckpt = write_synthetic(tmp_path / "m", arch="loopcoder", preset="small", max_position_embeddings=8192)
+    eng = load(convert(ckpt, tmp_path / "m.gguf", "q8_0", show_progress=False), threads=1)
+    g = torch.Generator().manual_seed(1)
+    first = torch.randint(0, eng.cfg.vocab_size, (2000,), generator=g).tolist()
+    second = first + torch.randint(0, eng.cfg.vocab_size, (50,), generator=g).tolist()
+    cold = eng.prefill(second)
+    eng.reset()
+    list(eng.generate(first, Sampler(), 8))
+    warm = eng.prefill(second)
+    assert eng.last_reused == 2000 and torch.equal(warm, cold)
