@@ -6,7 +6,7 @@ machine noise hits them alike; the figures that matter are the ratios to R = 1:
 - `compact`: the engine on a GGUF of the same preset (`--type`, q8_0 by default), its weights
   kept quantized: fused R = 2 against an R = 1 engine over the same file.
 Prints JSON. Usage: python benchmarks/decode_loops.py [--preset bench] [--tokens 32]
-[--section compact|reference|both] [--type q8_0]
+[--section compact|reference|both] [--type q8_0] [--threads 1]
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--section", choices=["compact", "reference", "both"], default="both")
     ap.add_argument("--type", default="q8_0", help="GGUF type of the compact section")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared machine more threads wait on each other)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     vocab = config_from_dict(synthetic_config("loopcoder", args.preset)).vocab_size
     prompt = torch.randint(0, vocab, (args.prompt,), generator=torch.Generator().manual_seed(1))
