@@ -25,7 +25,7 @@ VALUES = {2: 32, 8: 32, 12: 256, 13: 256, 14: 256}  # values per block
 BYTES = {2: 18, 8: 34, 12: 144, 13: 176, 14: 210}  # bytes per block
 DECODE_ROWS = 4  # up to this many rows read the weights once, decoding blocks in registers
 X8 = 0x100  # added to a type id: the weight is in the kernel's x8 layout (see `Kernel.repack`)
-X8_TYPES = (8, 12)  # Q8_0, Q4_K
+X8_TYPES = (8, 12, 14)  # Q8_0, Q4_K, Q6_K
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -71,8 +71,8 @@ class Kernel:
 
     def repack(self, raw: torch.Tensor, ggml_type: int, cols: int) -> tuple[torch.Tensor, int]:
         """GGUF rows -> (the weight as the kernel reads it fastest, the type id to pass with it).
-        With AVX2, Q8_0 and Q4_K rows are interleaved in groups of 8 (the x8 layout: Q8_0 the same
-        bytes, Q4_K 2.8 % more); everything else is returned as it is."""
+        With AVX2, Q8_0, Q4_K and Q6_K rows are interleaved in groups of 8 (the x8 layout: Q8_0 and
+        Q6_K the same bytes, Q4_K 2.8 % more); everything else is returned as it is."""
         if not self.avx2 or ggml_type not in X8_TYPES or raw.dim() != 2:
             return raw, ggml_type
         size = self._x8_bytes(ggml_type, raw.shape[0], cols)

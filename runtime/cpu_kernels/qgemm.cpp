@@ -1050,9 +1050,12 @@ void tile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int t
 //   Q4_K block (8 rows x 256 values, 1184 bytes): f16 d[8], dmin[8]; uint8 sc[8 pieces][8 rows],
 //   mn[8][8]; q[8 pieces][4][32]: byte 4 r + i of [j][p] holds value 4 p + i (low nibble) and
 //   4 (p + 4) + i (high nibble) of row r's piece j.
+//   Q6_K block (8 rows x 256 values, 1680 bytes, as the GGUF): f16 d[8]; int8 sc[16][8 rows];
+//   ql[8][4][32] as Q4_K's q (the low 4 bits); qh[8][2][32]: byte 4 r + i of [j][h], bits 2 p,
+//   2 p + 1: the top 2 bits of value 4 (4 h + p) + i of row r's piece j.
 constexpr int X8 = 0x100;  // added to a GGML type id: the x8 layout of that type
 
-int x8_block_bytes(int t) { return t == Q8_0 ? 272 : t == Q4_K ? 1184 : 0; }
+int x8_block_bytes(int t) { return t == Q8_0 ? 272 : t == Q4_K ? 1184 : t == Q6_K ? 1680 : 0; }
 
 int64_t x8_bytes(int t, int64_t N, int64_t K) {
   return N / 8 * (K / block_values(t)) * x8_block_bytes(t) + N % 8 * (K / block_values(t)) * block_bytes(t);
@@ -1063,11 +1066,25 @@ void x8_repack(int t, const uint8_t* raw, int64_t N, int64_t K, uint8_t* out) {
   for (int64_t g8 = 0; g8 < N / 8; ++g8) {
     for (int64_t b = 0; b < nb; ++b) {
       uint8_t* o = out + g8 * gb + b * x8_block_bytes(t);
+      std::memset(o, 0, x8_block_bytes(t));
       for (int r = 0; r < 8; ++r) {
         const uint8_t* blk = raw + (g8 * 8 + r) * rb + b * block_bytes(t);
         if (t == Q8_0) {
           std::memcpy(o + 2 * r, blk, 2);
           for (int g = 0; g < 8; ++g) std::memcpy(o + 16 + 32 * g + 4 * r, blk + 2 + 4 * g, 4);
+        } else if (t == Q6_K) {
+          std::memcpy(o + 2 * r, blk + 208, 2);
+          for (int sb = 0; sb < 16; ++sb) o[16 + 8 * sb + r] = blk[192 + sb];
+          int u[32];
+          for (int j = 0; j < 8; ++j) {
+            piece(t, blk, j, u);
+            for (int p = 0; p < 4; ++p)
+              for (int i = 0; i < 4; ++i) {
+                o[144 + 128 * j + 32 * p + 4 * r + i] = (uint8_t)((u[4 * p + i] & 15) | (u[4 * (p + 4) + i] & 15) << 4);
+                for (int hh = 0; hh < 2; ++hh)
+                  o[1168 + 64 * j + 32 * hh + 4 * r + i] |= (uint8_t)((u[4 * (4 * hh + p) + i] >> 4) << (2 * p));
+              }
+          }
         } else {
           std::memcpy(o + 2 * r, blk, 2);
           std::memcpy(o + 16 + 2 * r, blk + 2, 2);
@@ -1098,9 +1115,15 @@ AVX2 inline __m256i bcast4(const int8_t* p) {
 }
 
 // MR activation rows against one x8 group of 8 rows: out[8 m + r].
+// Int16 lanes 2 r, 2 r + 1 <- int8 s[r] (the 8 rows' scale of one sub-block, each twice).
+AVX2 inline __m256i rows_twice(const uint8_t* s) {
+  const __m128i v = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i*)s));
+  return _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
+}
+
 template <int T, int MR>
 AVX2 void x8rows_avx2(const uint8_t* grp, const Acts& a, const int64_t* rows, float* out) {
-  constexpr int BV = T == Q8_0 ? 32 : 256, XB = T == Q8_0 ? 272 : 1184;
+  constexpr int BV = T == Q8_0 ? 32 : 256, XB = T == Q8_0 ? 272 : T == Q4_K ? 1184 : 1680;
   const int nb = (int)(a.K / BV);
   const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(15);
   const int8_t* xq[MR];
@@ -1128,6 +1151,46 @@ AVX2 void x8rows_avx2(const uint8_t* grp, const Acts& a, const int64_t* rows, fl
       const __m256 d = f16x8(o);
       for (int m = 0; m < MR; ++m)
         acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(xd[m][b])), acc[m]);
+    } else if constexpr (T == Q6_K) {  // 6-bit values: int16 holds the sums of two groups of 4
+      const __m256i m3 = _mm256_set1_epi8(3);
+      for (int j = 0; j < 8; ++j) {
+        const __m256i sa = rows_twice(o + 16 + 16 * j), sb = rows_twice(o + 24 + 16 * j);  // sub-blocks 2j, 2j + 1
+        const __m256i h0 = _mm256_loadu_si256((const __m256i*)(o + 1168 + 64 * j));
+        const __m256i h1 = _mm256_loadu_si256((const __m256i*)(o + 1200 + 64 * j));
+        __m256i u[8];
+        for (int p = 0; p < 4; ++p) {
+          const __m256i v = _mm256_loadu_si256((const __m256i*)(o + 144 + 128 * j + 32 * p));
+          u[p] = _mm256_or_si256(_mm256_and_si256(v, m4),
+                                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h0, 2 * p), m3), 4));
+          u[p + 4] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h1, 2 * p), m3), 4));
+        }
+        for (int m = 0; m < MR; ++m) {
+          const int8_t* x = xq[m] + 256 * b + 32 * j;
+          for (int g = 0; g < 8; g += 2) {
+            const __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(u[g], bcast4(x + 4 * g)),
+                                               _mm256_maddubs_epi16(u[g + 1], bcast4(x + 4 * g + 4)));
+            isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(t, g < 4 ? sa : sb));
+          }
+        }
+      }
+      __m256i offv[8];  // lanes 2 r + p: 32 x row r's scale of sub-block 2 q + p
+      for (int q = 0; q < 8; ++q) {
+        const __m128i s0 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i*)(o + 16 + 16 * q)));
+        const __m128i s1 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i*)(o + 24 + 16 * q)));
+        offv[q] = _mm256_slli_epi16(_mm256_set_m128i(_mm_unpackhi_epi16(s0, s1), _mm_unpacklo_epi16(s0, s1)), 5);
+      }
+      const __m256 d = f16x8(o);
+      for (int m = 0; m < MR; ++m) {
+        const int16_t* bs = a.bs + rows[m] * (a.K / 16) + 16 * b;
+        __m256i off = _mm256_setzero_si256();
+        for (int q = 0; q < 8; ++q) {
+          const uint32_t pair = (uint16_t)bs[2 * q] | (uint32_t)(uint16_t)bs[2 * q + 1] << 16;
+          off = _mm256_add_epi32(off, _mm256_madd_epi16(offv[q], _mm256_set1_epi32((int)pair)));
+        }
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[m], off)),
+                                 _mm256_mul_ps(d, _mm256_set1_ps(xd[m][b])), acc[m]);
+      }
     } else {
       for (int j = 0; j < 8; ++j) {
         const __m128i s8 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(o + 32 + 8 * j)));
@@ -1188,7 +1251,8 @@ void x8_rows(const Acts& acts, int64_t M, const uint8_t* wp, int type, int64_t n
       const int mr = (int)std::min<int64_t>(4, M - m0);
       for (int i = 0; i < mr; ++i) rows[i] = m0 + i;
       if (type == Q8_0) x8_avx2<Q8_0>(wp + n / 8 * gb, acts, rows, mr, out);
-      else x8_avx2<Q4_K>(wp + n / 8 * gb, acts, rows, mr, out);
+      else if (type == Q4_K) x8_avx2<Q4_K>(wp + n / 8 * gb, acts, rows, mr, out);
+      else x8_avx2<Q6_K>(wp + n / 8 * gb, acts, rows, mr, out);
       for (int i = 0; i < mr; ++i) std::memcpy(yp + (m0 + i) * N + n, out + 8 * i, 8 * sizeof(float));
     }
   }

@@ -53,8 +53,8 @@ def case(t: int, n: int, k: int, m: int, seed: int):
 # K: a multiple of 32 but not of 256 for the 32-value formats; N odd; M = 1..4 (decode) and 9
 SHAPES = {blocks.Q8_0: [(37, 96), (5, 800), (24, 320)], blocks.Q4_0: [(37, 96), (5, 800)],
           blocks.Q4_K: [(37, 256), (5, 768), (24, 512)], blocks.Q5_K: [(37, 256), (5, 768)],
-          blocks.Q6_K: [(37, 256), (5, 768)]}
-X8 = [blocks.Q8_0, blocks.Q4_K]  # the types the kernel repacks into its x8 layout (with AVX2)
+          blocks.Q6_K: [(37, 256), (5, 768), (24, 512)]}
+X8 = [blocks.Q8_0, blocks.Q4_K, blocks.Q6_K]  # the types the kernel repacks into its x8 layout (with AVX2)
 
 
 def as_kernel_reads(kernel, raw, t, k, layout):
