@@ -133,8 +133,8 @@ class Int4Weight:
 
 
 class BlockWeight:
-    """The GGUF blocks multiplied by our CPU kernel (cpu_kernels): as stored, or for Q8_0 and
-    Q4_K rearranged once into the kernel's x8 layout (`kernel_type` then says so)."""
+    """The GGUF blocks multiplied by our CPU kernel (cpu_kernels): as stored, or for Q8_0, Q4_K
+    and Q6_K rearranged once into the kernel's x8 layout (`kernel_type` then says so)."""
 
     def __init__(self, raw: torch.Tensor, ggml_type: int, cols: int, kernel: cpu_kernels.Kernel):
         self.ggml_type, self.kernel = ggml_type, kernel

@@ -1040,12 +1040,12 @@ void tile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int t
   }
 }
 
-// ---- The x8 layout (weights repacked once at load, AVX2 only): Q8_0 and Q4_K rows in groups
+// ---- The x8 layout (weights repacked once at load, AVX2 only): Q8_0, Q4_K, Q6_K rows in groups
 // of 8, each block of the 8 rows interleaved so that one 32-byte vector holds 4 values of every
 // row (as in the prefill GEMMs above), and the 8 rows' results of a block sit in one vector.
 // Decode and prefill run the same code on it, so a row's result never depends on M. Rows past
-// the last whole group stay as GGUF rows after the groups. Same bytes as the GGUF for Q8_0,
-// +2.8 % for Q4_K (scales and mins unpacked to bytes).
+// the last whole group stay as GGUF rows after the groups. Same bytes as the GGUF for Q8_0 and
+// Q6_K, +2.8 % for Q4_K (scales and mins unpacked to bytes).
 //   Q8_0 block (8 rows x 32 values, 272 bytes): f16 d[8]; int8 w[8 groups][4 r + i].
 //   Q4_K block (8 rows x 256 values, 1184 bytes): f16 d[8], dmin[8]; uint8 sc[8 pieces][8 rows],
 //   mn[8][8]; q[8 pieces][4][32]: byte 4 r + i of [j][p] holds value 4 p + i (low nibble) and
