@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine more threads wait on each other)")
     args = ap.parse_args()
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
 
     vocab = config_from_dict(synthetic_config("loopcoder", args.preset)).vocab_size

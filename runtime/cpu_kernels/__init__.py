@@ -73,7 +73,8 @@ class Kernel:
         """GGUF rows -> (the weight as the kernel reads it fastest, the type id to pass with it).
         With AVX2, Q8_0, Q4_K and Q6_K rows are interleaved in groups of 8 (the x8 layout: Q8_0 and
         Q6_K the same bytes, Q4_K 2.8 % more); everything else is returned as it is."""
-        if not self.avx2 or ggml_type not in X8_TYPES or raw.dim() != 2:
+        if (not self.avx2 or ggml_type not in X8_TYPES or raw.dim() != 2 or cols % VALUES[ggml_type]
+                or raw.shape[1] != cols // VALUES[ggml_type] * BYTES[ggml_type]):  # never read past a row
             return raw, ggml_type
         size = self._x8_bytes(ggml_type, raw.shape[0], cols)
         if size == 0:

@@ -7,9 +7,11 @@
 // Q8_0 / Q4_0: w = s * u + z per block, one float multiply-add per piece. K formats: the
 // sub-block scales stay integers (madd), the offsets are an integer dot product with the
 // activation sums, and a super-block costs one float multiply-add per activation row.
-// Decode (few rows) decodes each block in registers once for all rows; prefill unpacks a tile of
-// weight rows once for all rows. On the prefill path each output is summed in the same order
-// whatever the number of rows M, so a row's result does not depend on the chunk it came in.
+// Q8_0, Q4_K and Q6_K weights are repacked once at load into the x8 layout (8 rows interleaved,
+// below), read by one kernel for any number of rows. For the other formats, decode (few rows)
+// decodes each block in registers once for all rows and prefill unpacks a tile of weight rows
+// once (Q5_K: 8 rows interleaved) for all rows. Each output is summed in the same order whatever
+// the number of rows M on a path, so a prefill row does not depend on the chunk it came in.
 // Work is split over output columns with at::parallel_for: torch's own thread pool, so the
 // extension never adds threads on top of torch's. The AVX2 code is compiled for that target
 // only (function attributes) and chosen at run time; the scalar code is the fallback.
@@ -23,6 +25,7 @@
 #include <vector>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -131,38 +134,22 @@ struct Acts {
 
 bool is_k(int t) { return t == Q4_K || t == Q5_K || t == Q6_K; }
 
-void quantize_row_k_scalar(const float* x, int64_t K, int8_t* q, float* d, int16_t* bs) {
-  for (int64_t b = 0; b < K / 256; ++b) {
+// One activation row: per `group` values (32, or 256 for the K formats) the scale amax / 127,
+// the values times its inverse rounded half to even as int8, and the sum of every 16 of them.
+void quantize_row_scalar(const float* x, int64_t K, int group, int8_t* q, float* d, int16_t* bs) {
+  for (int64_t b = 0; b < K / group; ++b) {
     float amax = 0.f;
-    for (int i = 0; i < 256; ++i) amax = std::max(amax, std::fabs(x[256 * b + i]));
+    for (int i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[group * b + i]));
     float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
     d[b] = s;
-    for (int j = 0; j < 16; ++j) {
+    for (int64_t j = group * b / 16; j < group * (b + 1) / 16; ++j) {
       int sum = 0;
-      for (int64_t i = 256 * b + 16 * j; i < 256 * b + 16 * j + 16; ++i) {
+      for (int64_t i = 16 * j; i < 16 * j + 16; ++i) {
         int v = (int)std::nearbyint(x[i] * inv);
         q[i] = (int8_t)v;
         sum += v;
       }
-      bs[16 * b + j] = (int16_t)sum;
-    }
-  }
-}
-
-void quantize_row_scalar(const float* x, int64_t K, int8_t* q, float* d, float* dsum) {
-  for (int64_t b = 0; b < K / 32; ++b) {
-    float amax = 0.f;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[32 * b + i]));
-    float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
-    d[b] = s;
-    for (int h = 0; h < 2; ++h) {
-      int sum = 0;
-      for (int i = 16 * h; i < 16 * h + 16; ++i) {
-        int v = (int)std::nearbyint(x[32 * b + i] * inv);
-        q[32 * b + i] = (int8_t)v;
-        sum += v;
-      }
-      dsum[2 * b + h] = s * (float)sum;
+      bs[j] = (int16_t)sum;
     }
   }
 }
@@ -269,6 +256,17 @@ float tile_dot_scalar(bool is_signed, const uint8_t* u, const float* sv, const f
   return acc + corr;
 }
 
+// f(std::integral_constant<int, MR>) for MR = mr (1 to 4): the row count as a template argument.
+template <typename F>
+inline void with_rows(int mr, F&& f) {
+  switch (mr) {
+    case 1: f(std::integral_constant<int, 1>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    default: f(std::integral_constant<int, 4>()); break;
+  }
+}
+
 #ifdef QG_X86
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -309,26 +307,15 @@ AVX2 inline void round32_avx2(const float* x, float inv, int8_t* q, int sums[2])
   _mm256_storeu_si256((__m256i*)q, p8);
 }
 
-AVX2 void quantize_row_avx2(const float* x, int64_t K, int8_t* q, float* d, float* dsum) {
-  for (int64_t b = 0; b < K / 32; ++b) {
-    float s = amax_avx2(x + 32 * b, 32) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+AVX2 void quantize_row_avx2(const float* x, int64_t K, int group, int8_t* q, float* d, int16_t* bs) {
+  for (int64_t b = 0; b < K / group; ++b) {
+    float s = amax_avx2(x + group * b, group) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
     d[b] = s;
-    int sums[2];
-    round32_avx2(x + 32 * b, inv, q + 32 * b, sums);
-    dsum[2 * b] = s * (float)sums[0];
-    dsum[2 * b + 1] = s * (float)sums[1];
-  }
-}
-
-AVX2 void quantize_row_k_avx2(const float* x, int64_t K, int8_t* q, float* d, int16_t* bs) {
-  for (int64_t b = 0; b < K / 256; ++b) {
-    float s = amax_avx2(x + 256 * b, 256) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
-    d[b] = s;
-    for (int c = 0; c < 8; ++c) {
+    for (int64_t c = group * b / 32; c < group * (b + 1) / 32; ++c) {
       int sums[2];
-      round32_avx2(x + 256 * b + 32 * c, inv, q + 256 * b + 32 * c, sums);
-      bs[16 * b + 2 * c] = (int16_t)sums[0];
-      bs[16 * b + 2 * c + 1] = (int16_t)sums[1];
+      round32_avx2(x + 32 * c, inv, q + 32 * c, sums);
+      bs[2 * c] = (int16_t)sums[0];
+      bs[2 * c + 1] = (int16_t)sums[1];
     }
   }
 }
@@ -414,12 +401,7 @@ AVX2 void row_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, float* 
 
 template <int T>
 AVX2 void rows_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
-  switch (mr) {
-    case 1: row_avx2<T, 1>(w, a, rows, out); break;
-    case 2: row_avx2<T, 2>(w, a, rows, out); break;
-    case 3: row_avx2<T, 3>(w, a, rows, out); break;
-    default: row_avx2<T, 4>(w, a, rows, out); break;
-  }
+  with_rows(mr, [&](auto MR) { row_avx2<T, decltype(MR)::value>(w, a, rows, out); });
 }
 
 template <int T>
@@ -482,31 +464,8 @@ AVX2 inline void kregs_avx2(const uint8_t* b, KRegs& k) {
   }
 }
 
-// The same, kept in memory for the prefill path (plain int16 arrays read with unaligned loads,
-// so vectors of it need no over-aligned allocation).
-struct KBlock {
-  int16_t sc[8][16];
-  int16_t off[16];
-  float d, dmin;
-};
-
-AVX2 inline void kblock_store(const KRegs& k, KBlock& kb) {
-  for (int g = 0; g < 8; ++g) _mm256_storeu_si256((__m256i*)kb.sc[g], k.sc[g]);
-  _mm256_storeu_si256((__m256i*)kb.off, k.off);
-  kb.d = k.d;
-  kb.dmin = k.dmin;
-}
-
-AVX2 inline void kblock_load(const KBlock& kb, KRegs& k) {
-  for (int g = 0; g < 8; ++g) k.sc[g] = _mm256_loadu_si256((const __m256i*)kb.sc[g]);
-  k.off = _mm256_loadu_si256((const __m256i*)kb.off);
-  k.d = kb.d;
-  k.dmin = kb.dmin;
-}
-
 // One super-block (pieces u) against one activation row: sum over the pieces of sc * (u . xq)
-// in integers, then one float multiply-add (and one for the offsets). Decode and prefill both
-// call this, so their results are the same bits.
+// in integers, then one float multiply-add (and one for the offsets).
 template <int T>
 AVX2 inline void kdot_avx2(const __m256i* u, const KRegs& k, const int8_t* xq, const int16_t* bs, float xd,
                            __m256& acc, __m256& accm) {
@@ -547,12 +506,7 @@ AVX2 void krow_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, float*
 
 template <int T>
 AVX2 void krows_avx2(const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
-  switch (mr) {
-    case 1: krow_avx2<T, 1>(w, a, rows, out); break;
-    case 2: krow_avx2<T, 2>(w, a, rows, out); break;
-    case 3: krow_avx2<T, 3>(w, a, rows, out); break;
-    default: krow_avx2<T, 4>(w, a, rows, out); break;
-  }
+  with_rows(mr, [&](auto MR) { krow_avx2<T, decltype(MR)::value>(w, a, rows, out); });
 }
 
 AVX2 void row_dispatch_avx2(int t, const uint8_t* w, const Acts& a, const int64_t* rows, int mr, float* out) {
@@ -562,129 +516,6 @@ AVX2 void row_dispatch_avx2(int t, const uint8_t* w, const Acts& a, const int64_
     case Q4_K: krows_avx2<Q4_K>(w, a, rows, mr, out); break;
     case Q5_K: krows_avx2<Q5_K>(w, a, rows, mr, out); break;
     case Q6_K: krows_avx2<Q6_K>(w, a, rows, mr, out); break;
-  }
-}
-
-// Prefill: a K weight row unpacked once (its pieces as bytes and its KBlocks) ...
-template <int T>
-AVX2 void kunpack_avx2(const uint8_t* w, int64_t K, uint8_t* u, KBlock* kb) {
-  constexpr int bb = T == Q4_K ? 144 : T == Q5_K ? 176 : 210;
-  __m256i qh = _mm256_setzero_si256();
-  for (int64_t b = 0; b < K / 256; ++b) {
-    const uint8_t* blk = w + b * bb;
-    KRegs k;
-    kregs_avx2<T>(blk, k);
-    kblock_store(k, kb[b]);
-    for (int g = 0; g < 8; ++g) _mm256_storeu_si256((__m256i*)(u + 256 * b + 32 * g), piece_avx2<T>(blk, g, qh));
-  }
-}
-
-// ... and MR activation rows passing over it (the same kdot_avx2 as decode).
-template <int T, int MR>
-AVX2 void ktile_rows_avx2(const uint8_t* u, const KBlock* kb, const Acts& a, int64_t m0, float* out) {
-  const int nb = (int)(a.K / 256);
-  __m256 acc[MR], accm[MR];
-  for (int m = 0; m < MR; ++m) acc[m] = accm[m] = _mm256_setzero_ps();
-  __m256i uv[8];
-  KRegs k;
-  for (int b = 0; b < nb; ++b) {
-    for (int g = 0; g < 8; ++g) uv[g] = _mm256_loadu_si256((const __m256i*)(u + 256 * b + 32 * g));
-    kblock_load(kb[b], k);
-    for (int m = 0; m < MR; ++m)
-      kdot_avx2<T>(uv, k, a.q + (m0 + m) * a.K + 256 * b, a.bs + (m0 + m) * (a.K / 16) + 16 * b,
-                   a.d[(m0 + m) * nb + b], acc[m], accm[m]);
-  }
-  for (int m = 0; m < MR; ++m) out[m] = hsum(acc[m]) - hsum(accm[m]);
-}
-
-// Two unpacked weight rows against MR activation rows, each activation piece loaded once for
-// both. The integer sums are exact whatever their order and the float steps are kdot_avx2's, so
-// every output has the same bits as on the one-row path.
-template <int T, int MR>
-AVX2 void ktile_rows2_avx2(const uint8_t* u0, const uint8_t* u1, const KBlock* kb0, const KBlock* kb1, const Acts& a,
-                           int64_t m0, float* out0, float* out1) {
-  const int nb = (int)(a.K / 256);
-  __m256 acc[2][MR], accm[2][MR];
-  for (int m = 0; m < MR; ++m) acc[0][m] = accm[0][m] = acc[1][m] = accm[1][m] = _mm256_setzero_ps();
-  for (int b = 0; b < nb; ++b) {
-    __m256i isum[2][MR];
-    for (int m = 0; m < MR; ++m) isum[0][m] = isum[1][m] = _mm256_setzero_si256();
-    for (int g = 0; g < 8; ++g) {
-      const __m256i w0 = _mm256_loadu_si256((const __m256i*)(u0 + 256 * b + 32 * g));
-      const __m256i w1 = _mm256_loadu_si256((const __m256i*)(u1 + 256 * b + 32 * g));
-      const __m256i s0 = _mm256_loadu_si256((const __m256i*)kb0[b].sc[g]);
-      const __m256i s1 = _mm256_loadu_si256((const __m256i*)kb1[b].sc[g]);
-      for (int m = 0; m < MR; ++m) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(a.q + (m0 + m) * a.K + 256 * b + 32 * g));
-        isum[0][m] = _mm256_add_epi32(isum[0][m], _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x), s0));
-        isum[1][m] = _mm256_add_epi32(isum[1][m], _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x), s1));
-      }
-    }
-    const KBlock* kbs[2] = {kb0 + b, kb1 + b};
-    for (int m = 0; m < MR; ++m) {
-      const __m256i bs = _mm256_loadu_si256((const __m256i*)(a.bs + (m0 + m) * (a.K / 16) + 16 * b));
-      const float xd = a.d[(m0 + m) * nb + b];
-      for (int n = 0; n < 2; ++n) {
-        const __m256i off = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i*)kbs[n]->off), bs);
-        if constexpr (T == Q6_K) {
-          acc[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[n][m], off)),
-                                      _mm256_set1_ps(kbs[n]->d * xd), acc[n][m]);
-        } else {
-          acc[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[n][m]), _mm256_set1_ps(kbs[n]->d * xd), acc[n][m]);
-          accm[n][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(kbs[n]->dmin * xd), accm[n][m]);
-        }
-      }
-    }
-  }
-  for (int m = 0; m < MR; ++m) {
-    out0[m] = hsum(acc[0][m]) - hsum(accm[0][m]);
-    out1[m] = hsum(acc[1][m]) - hsum(accm[1][m]);
-  }
-}
-
-template <int T>
-AVX2 void ktile2_avx2(const uint8_t* u0, const uint8_t* u1, const KBlock* kb0, const KBlock* kb1, const Acts& a,
-                      int64_t m0, int mr, float* out0, float* out1) {
-  switch (mr) {
-    case 1: ktile_rows2_avx2<T, 1>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
-    case 2: ktile_rows2_avx2<T, 2>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
-    case 3: ktile_rows2_avx2<T, 3>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
-    default: ktile_rows2_avx2<T, 4>(u0, u1, kb0, kb1, a, m0, out0, out1); break;
-  }
-}
-
-template <int T>
-AVX2 void ktile_avx2(const uint8_t* u, const KBlock* kb, const Acts& a, int64_t m0, int mr, float* out) {
-  switch (mr) {
-    case 1: ktile_rows_avx2<T, 1>(u, kb, a, m0, out); break;
-    case 2: ktile_rows_avx2<T, 2>(u, kb, a, m0, out); break;
-    case 3: ktile_rows_avx2<T, 3>(u, kb, a, m0, out); break;
-    default: ktile_rows_avx2<T, 4>(u, kb, a, m0, out); break;
-  }
-}
-
-AVX2 void kunpack_dispatch_avx2(int t, const uint8_t* w, int64_t K, uint8_t* u, KBlock* kb) {
-  switch (t) {
-    case Q4_K: kunpack_avx2<Q4_K>(w, K, u, kb); break;
-    case Q5_K: kunpack_avx2<Q5_K>(w, K, u, kb); break;
-    case Q6_K: kunpack_avx2<Q6_K>(w, K, u, kb); break;
-  }
-}
-
-AVX2 void ktile2_dispatch_avx2(int t, const uint8_t* u0, const uint8_t* u1, const KBlock* kb0, const KBlock* kb1,
-                               const Acts& a, int64_t m0, int mr, float* out0, float* out1) {
-  switch (t) {
-    case Q4_K: ktile2_avx2<Q4_K>(u0, u1, kb0, kb1, a, m0, mr, out0, out1); break;
-    case Q5_K: ktile2_avx2<Q5_K>(u0, u1, kb0, kb1, a, m0, mr, out0, out1); break;
-    case Q6_K: ktile2_avx2<Q6_K>(u0, u1, kb0, kb1, a, m0, mr, out0, out1); break;
-  }
-}
-
-AVX2 void ktile_dispatch_avx2(int t, const uint8_t* u, const KBlock* kb, const Acts& a, int64_t m0, int mr, float* out) {
-  switch (t) {
-    case Q4_K: ktile_avx2<Q4_K>(u, kb, a, m0, mr, out); break;
-    case Q5_K: ktile_avx2<Q5_K>(u, kb, a, m0, mr, out); break;
-    case Q6_K: ktile_avx2<Q6_K>(u, kb, a, m0, mr, out); break;
   }
 }
 
@@ -724,12 +555,7 @@ AVX2 void tile_rows_avx2(const uint8_t* u, const float* sv, const float* z, cons
 
 template <bool SIGNED, bool ZERO>
 AVX2 void tile_avx2(const uint8_t* u, const float* sv, const float* z, const Acts& a, int64_t m0, int mr, float* out) {
-  switch (mr) {
-    case 1: tile_rows_avx2<SIGNED, ZERO, 1>(u, sv, z, a, m0, out); break;
-    case 2: tile_rows_avx2<SIGNED, ZERO, 2>(u, sv, z, a, m0, out); break;
-    case 3: tile_rows_avx2<SIGNED, ZERO, 3>(u, sv, z, a, m0, out); break;
-    default: tile_rows_avx2<SIGNED, ZERO, 4>(u, sv, z, a, m0, out); break;
-  }
+  with_rows(mr, [&](auto MR) { tile_rows_avx2<SIGNED, ZERO, decltype(MR)::value>(u, sv, z, a, m0, out); });
 }
 
 // The same for two weight rows at once: each activation piece loaded once for both (the
@@ -781,12 +607,7 @@ AVX2 void tile_rows2_avx2(const uint8_t* const u[2], const float* const sv[2], c
 template <bool SIGNED, bool ZERO>
 AVX2 void tile2_avx2(const uint8_t* const u[2], const float* const sv[2], const float* const z[2], const Acts& a,
                      int64_t m0, int mr, float* out0, float* out1) {
-  switch (mr) {
-    case 1: tile_rows2_avx2<SIGNED, ZERO, 1>(u, sv, z, a, m0, out0, out1); break;
-    case 2: tile_rows2_avx2<SIGNED, ZERO, 2>(u, sv, z, a, m0, out0, out1); break;
-    case 3: tile_rows2_avx2<SIGNED, ZERO, 3>(u, sv, z, a, m0, out0, out1); break;
-    default: tile_rows2_avx2<SIGNED, ZERO, 4>(u, sv, z, a, m0, out0, out1); break;
-  }
+  with_rows(mr, [&](auto MR) { tile_rows2_avx2<SIGNED, ZERO, decltype(MR)::value>(u, sv, z, a, m0, out0, out1); });
 }
 
 // Prefill GEMM for Q4_K / Q5_K: 8 weight rows interleaved, so one 32-byte vector holds 4 values
@@ -872,12 +693,7 @@ AVX2 void k8rows_avx2(const K8Block* kb, const Acts& a, int64_t m0, float* out) 
 
 template <int T>
 AVX2 void k8_avx2(const K8Block* kb, const Acts& a, int64_t m0, int mr, float* out) {
-  switch (mr) {
-    case 1: k8rows_avx2<T, 1>(kb, a, m0, out); break;
-    case 2: k8rows_avx2<T, 2>(kb, a, m0, out); break;
-    case 3: k8rows_avx2<T, 3>(kb, a, m0, out); break;
-    default: k8rows_avx2<T, 4>(kb, a, m0, out); break;
-  }
+  with_rows(mr, [&](auto MR) { k8rows_avx2<T, decltype(MR)::value>(kb, a, m0, out); });
 }
 
 bool cpu_has_avx2() {
@@ -888,34 +704,32 @@ bool cpu_has_avx2() {
 bool cpu_has_avx2() { return false; }
 #endif
 
-// Quantized activations for weight type t: int8 values and per 32 values (Q8_0, Q4_0) the scale
-// and scaled sums per 16, or per 256 (K formats) the scale and integer sums per 16.
+// Quantized activations for weight type t: int8 values, the scale per 32 values (Q8_0, Q4_0) or
+// per 256 (K formats), the integer sums per 16, and for Q8_0 / Q4_0 those sums times the scale.
 struct ActBuffers {
   std::vector<int8_t> q;
   std::vector<float> d, dsum;
   std::vector<int16_t> bs;
   Acts acts;
 
-  ActBuffers(const float* x, int64_t M, int64_t K, int t, bool avx2) : q(M * K) {
-    const bool k = is_k(t);
-    d.resize(M * (K / (k ? 256 : 32)));
-    if (k) bs.resize(M * (K / 16));
-    else dsum.resize(M * (K / 16));
+  ActBuffers(const float* x, int64_t M, int64_t K, int t, bool avx2) : q(M * K), bs(M * (K / 16)) {
+    const int group = is_k(t) ? 256 : 32;
+    d.resize(M * (K / group));
     at::parallel_for(0, M, 16, [&](int64_t a, int64_t b) {
       for (int64_t m = a; m < b; ++m) {
-        const float* xm = x + m * K;
-        int8_t* qm = q.data() + m * K;
 #ifdef QG_X86
         if (avx2) {
-          if (k) quantize_row_k_avx2(xm, K, qm, d.data() + m * (K / 256), bs.data() + m * (K / 16));
-          else quantize_row_avx2(xm, K, qm, d.data() + m * (K / 32), dsum.data() + m * (K / 16));
+          quantize_row_avx2(x + m * K, K, group, q.data() + m * K, d.data() + m * (K / group), bs.data() + m * (K / 16));
           continue;
         }
 #endif
-        if (k) quantize_row_k_scalar(xm, K, qm, d.data() + m * (K / 256), bs.data() + m * (K / 16));
-        else quantize_row_scalar(xm, K, qm, d.data() + m * (K / 32), dsum.data() + m * (K / 16));
+        quantize_row_scalar(x + m * K, K, group, q.data() + m * K, d.data() + m * (K / group), bs.data() + m * (K / 16));
       }
     });
+    if (!is_k(t)) {
+      dsum.resize(bs.size());
+      for (size_t i = 0; i < bs.size(); ++i) dsum[i] = d[i / 2] * (float)bs[i];
+    }
     acts = Acts{q.data(), d.data(), dsum.data(), bs.data(), K};
   }
 };
@@ -942,12 +756,13 @@ void decode_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int
 }
 
 #ifdef QG_X86
-// Output columns n0..n1 on the prefill path, K formats: the weight rows unpacked once, then
-// every activation row passes over them.
+// Output columns n0..n1 on the prefill path, K formats: whole groups of 8 Q4_K / Q5_K rows
+// through the interleaved GEMM, other rows (Q6_K outside the x8 layout, the rows past the last
+// group) row by row on the decode path, whose results do not depend on M either.
 void ktile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int type, int64_t n0, int64_t n1,
                 int64_t N, float* yp) {
   const int64_t K = acts.K;
-  if (type != Q6_K) {  // whole groups of 8 rows through the interleaved GEMM
+  if (type != Q6_K) {
     const int64_t n8 = n0 + (n1 - n0) / 8 * 8, nb = K / 256;
     std::vector<K8Block> kb8((n8 - n0) / 8 * nb);
     for (int64_t n = n0; n < n8; n += 8) {
@@ -965,29 +780,8 @@ void ktile_rows(const Acts& acts, int64_t M, const uint8_t* wp, int64_t rb, int 
       }
     }
     n0 = n8;
-    if (n0 == n1) return;
   }
-  std::vector<uint8_t> u((n1 - n0) * K);
-  std::vector<KBlock> kb((n1 - n0) * (K / 256));
-  for (int64_t n = n0; n < n1; ++n)
-    kunpack_dispatch_avx2(type, wp + n * rb, K, u.data() + (n - n0) * K, kb.data() + (n - n0) * (K / 256));
-  const int64_t nb = K / 256;
-  float out[4], out1[4];
-  for (int64_t m0 = 0; m0 < M; m0 += 4) {
-    const int mr = (int)std::min<int64_t>(4, M - m0);
-    for (int64_t n = n0; n < n1; ++n) {
-      const uint8_t* un = u.data() + (n - n0) * K;
-      const KBlock* kn = kb.data() + (n - n0) * nb;
-      if (n + 1 < n1) {  // two weight rows per pass over the activation pieces
-        ktile2_dispatch_avx2(type, un, un + K, kn, kn + nb, acts, m0, mr, out, out1);
-        for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n + 1] = out1[i];
-      } else {
-        ktile_dispatch_avx2(type, un, kn, acts, m0, mr, out);
-      }
-      for (int i = 0; i < mr; ++i) yp[(m0 + i) * N + n] = out[i];
-      n += n + 1 < n1;
-    }
-  }
+  decode_rows(acts, M, wp, rb, type, true, n0, n1, N, yp);
 }
 #endif
 
@@ -1114,13 +908,13 @@ AVX2 inline __m256i bcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-// MR activation rows against one x8 group of 8 rows: out[8 m + r].
 // Int16 lanes 2 r, 2 r + 1 <- int8 s[r] (the 8 rows' scale of one sub-block, each twice).
 AVX2 inline __m256i rows_twice(const uint8_t* s) {
   const __m128i v = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i*)s));
   return _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
 }
 
+// MR activation rows against one x8 group of 8 rows: out[8 m + r].
 template <int T, int MR>
 AVX2 void x8rows_avx2(const uint8_t* grp, const Acts& a, const int64_t* rows, float* out) {
   constexpr int BV = T == Q8_0 ? 32 : 256, XB = T == Q8_0 ? 272 : T == Q4_K ? 1184 : 1680;
@@ -1233,12 +1027,7 @@ AVX2 void x8rows_avx2(const uint8_t* grp, const Acts& a, const int64_t* rows, fl
 
 template <int T>
 AVX2 void x8_avx2(const uint8_t* grp, const Acts& a, const int64_t* rows, int mr, float* out) {
-  switch (mr) {
-    case 1: x8rows_avx2<T, 1>(grp, a, rows, out); break;
-    case 2: x8rows_avx2<T, 2>(grp, a, rows, out); break;
-    case 3: x8rows_avx2<T, 3>(grp, a, rows, out); break;
-    default: x8rows_avx2<T, 4>(grp, a, rows, out); break;
-  }
+  with_rows(mr, [&](auto MR) { x8rows_avx2<T, decltype(MR)::value>(grp, a, rows, out); });
 }
 
 // Output columns n0..n1 (whole groups: n0, n1 multiples of 8) of an x8 weight.

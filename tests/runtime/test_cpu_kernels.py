@@ -118,6 +118,8 @@ def test_bad_shapes_are_refused(kernel):
         kernel.qgemm(x, raw, blocks.Q4_1)
     with pytest.raises(ValueError, match="rows of 143 bytes"):  # never read past a row
         kernel.qgemm(x, raw[:, :-1].contiguous(), blocks.Q4_K)
+    short = raw[:, :-1].contiguous()  # nor repack rows shorter than their width says
+    assert kernel.repack(short, blocks.Q4_K, 256) == (short, blocks.Q4_K)
 
 
 def test_a_failed_build_falls_back_to_torch_with_one_warning(monkeypatch):
