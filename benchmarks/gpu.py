@@ -13,12 +13,14 @@ the output and for attn_v / ffn_down on the "more bits" layers) and q8_0. For ea
 - `torch`: the engine's torch path on the same GPU (weights dequantized tile by tile, then
   matmul), fewer steps and a 512-token prompt (it is slow);
 - `llama_cpp`: llama.cpp on the same weights written as an R = 1 llama GGUF, when
-  llama-cpp-python is installed with GPU offload.
+  llama-cpp-python is installed with GPU offload;
+- `sweep` (last, within the time left): the decode matmul alone on the largest shapes at
+  1 and 2 rows, the engine's tile choice against the others, in GB/s (for the next tuning).
 
 Targets (issue 11): decode >= 70 % of peak bandwidth, R = 2 <= 1.10 x R = 1, prompt >= 50 % of
 peak tensor FLOPs. Runs in under 5 minutes (sections past the time budget are skipped and
 say so). Prints JSON; `--out FILE` also writes it. Usage: python benchmarks/gpu.py [--types
-q4_k_m,q8_0] [--out gpu.json] [--budget 280]
+q4_k_m,q8_0] [--out gpu.json] [--budget 280] [--sections triton,torch,llama_cpp,sweep]
 """
 
 from __future__ import annotations
@@ -190,6 +192,68 @@ def measure(eng, cfg, steps: int, prompt: int, peak_bw, peak_tf, copy_bw) -> dic
     return out
 
 
+SWEEP_SHAPES = [("gate_up", 2 * 27648, 5120), ("down", 5120, 27648), ("qkv", 5120 + 2 * 1024, 5120)]
+
+
+def kernel_us(fn, reps: int = 20) -> float:
+    """Median microseconds of fn() (CUDA events on the GPU)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if DEVICE != "cuda":
+            times.append(sync_time(fn) * 1e6)
+            continue
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1000)
+    return sorted(times)[reps // 2]
+
+
+def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20) -> dict:
+    """The decode matmul alone (M = 1 and 2 rows) on LoopCoder-V2's largest shapes: the
+    engine's tile choice and the others (`block_n`, warps, split-K target), as GB/s of weight
+    bytes read. Each choice's product is checked against the default's."""
+    from loopcli.kernels import qmatmul as kq
+
+    t = kq.Q8_0 if qtype == "q8_0" else kq.Q4_K
+    dev = torch.device(DEVICE)
+    sms, arch = kq._sm_count(dev), kq._arch(dev)
+    gen = torch.Generator(DEVICE).manual_seed(2)
+    out = {}
+    for name, N, K in SWEEP_SHAPES:
+        data = random_blocks(t, N, K, gen)
+        for M in (1, 2):
+            x = 0.1 * torch.randn(M, K, device=DEVICE, dtype=torch.float16, generator=gen)
+            base = kq.launch_config(M, N, K, t, sms, arch=arch)
+            want = kq.launch(x, data, t, base).float()
+            rows = []
+            for bn in (8, 16, 32):
+                for warps in (4, 8):
+                    for per_sm in (0, 4, 8):  # 0: no split-K
+                        if left() < 15:
+                            out["skipped"] = "time budget"
+                            return out
+                        cfg = kq.launch_config(M, N, K, t, sms, split_k=1 if per_sm == 0 else None, arch=arch,
+                                               block_n=bn, num_warps=warps, per_sm=per_sm or 4)
+                        got = kq.launch(x, data, t, cfg).float()
+                        us = kernel_us(lambda: kq.launch(x, data, t, cfg), reps)
+                        gbs = data.numel() / us / 1e3
+                        rows.append(dict(block_n=bn, num_warps=warps, split_k=cfg["split_k"], us=round(us, 1),
+                                         GB_s=round(gbs, 1), frac_peak=round(gbs / peak_bw, 3) if peak_bw else None,
+                                         max_rel_diff=float(((got - want).abs().max() / want.abs().max()).item())))
+            us = kernel_us(lambda: kq.launch(x, data, t, base), reps)
+            gbs = data.numel() / us / 1e3
+            default = dict(block_n=base["BLOCK_N"], num_warps=base["options"]["num_warps"], split_k=base["split_k"],
+                           us=round(us, 1), GB_s=round(gbs, 1), frac_peak=round(gbs / peak_bw, 3) if peak_bw else None)
+            out[f"{name}_M{M}"] = {"N": N, "K": K, "default": default, "best": max(rows, key=lambda r: r["GB_s"]),
+                                   "configs": rows}
+        del data
+    return out
+
+
 def copy_bandwidth() -> float:
     """GB/s of a device-to-device copy of 2 GiB (reads + writes counted)."""
     a = torch.empty(1 << 31, dtype=torch.uint8, device="cuda")
@@ -271,10 +335,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64, help="decode steps timed per figure (Triton engine)")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--budget", type=float, default=280.0, help="seconds; later sections are skipped past it")
+    ap.add_argument("--sections", default="triton,torch,llama_cpp,sweep",
+                    help="which to run, in this order (sweep: the decode matmul's tile choices)")
     args = ap.parse_args()
     types = args.types.split(",")
     if any(t not in ("q4_k_m", "q8_0") for t in types):
         fail(f"--types takes q4_k_m and/or q8_0, not {args.types!r}")
+    wanted = args.sections.split(",")
+    known = ("triton", "torch", "llama_cpp", "sweep")
+    if any(w not in known for w in wanted):
+        fail(f"--sections takes some of {', '.join(known)}, not {args.sections!r}")
     if not torch.cuda.is_available():
         fail("benchmarks/gpu.py needs a CUDA GPU and none is visible here; run it on a machine with one "
              "(the kernels' CPU tests: pytest tests/kernels)")
@@ -296,6 +366,8 @@ def main() -> None:
         res = result["types"][qtype] = {}
         sections = [("triton", TritonEngine, args.steps, PROMPT, 60), ("torch", Engine, 2, 512, 60)]
         for label, cls, steps, prompt, need in sections:
+            if label not in wanted:
+                continue
             if left() < need:
                 res[label] = {"skipped": "time budget"}
                 continue
@@ -312,14 +384,22 @@ def main() -> None:
             torch.cuda.empty_cache()
         if "decode_tok_s_1k" in res.get("torch", {}) and "decode_tok_s_1k" in res.get("triton", {}):
             res["triton_over_torch_decode_1k"] = round(res["triton"]["decode_tok_s_1k"] / res["torch"]["decode_tok_s_1k"], 2)
-        if left() < 60:
-            res["llama_cpp"] = {"skipped": "time budget"}
-            continue
-        try:
-            res["llama_cpp"] = llama_cpp_section(qtype, 32, peak_bw)
-        except Exception as e:
-            res["llama_cpp"] = {"error": f"{type(e).__name__}: {e}"}
-        torch.cuda.empty_cache()
+        if "llama_cpp" in wanted:
+            if left() < 60:
+                res["llama_cpp"] = {"skipped": "time budget"}
+            else:
+                try:
+                    res["llama_cpp"] = llama_cpp_section(qtype, 32, peak_bw)
+                except Exception as e:
+                    res["llama_cpp"] = {"error": f"{type(e).__name__}: {e}"}
+                torch.cuda.empty_cache()
+    for qtype in types:  # last: it only informs the next tuning
+        if "sweep" in wanted:
+            try:
+                result["types"][qtype]["sweep"] = matmul_sweep(qtype, peak_bw, left)
+            except Exception as e:
+                result["types"][qtype]["sweep"] = {"error": f"{type(e).__name__}: {e}"}
+            torch.cuda.empty_cache()
     result["seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, indent=2)
     print(text)

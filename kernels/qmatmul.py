@@ -8,8 +8,13 @@ formulas as gathers. The arithmetic order follows gguf-py's numpy dequantizers
 (`(d * sc) * q - dmin * m`), so a tile is bit-identical to gguf-py's floats where the
 compiler keeps that order (the interpreter does).
 
-Two shapes of one kernel: decode (M = batch x R <= 8 rows: a broadcast multiply-and-sum,
-no tensor-core padding; split-K when the rows alone give too few programs) and prefill
+Q8_0, Q4_0 and Q6_K blocks (34, 18 and 210 bytes) leave their quants at 2-byte alignment,
+which allows no wide loads; the engine keeps them "planar" (`to_planar`, type id | PLANAR):
+each row's quants, then its scales, then its f16 factors, each a contiguous plane, the row
+padded to 16 bytes. The same bytes, rearranged once at load; the kernels read both layouts.
+
+Two kernels: decode (M = batch x R <= DECODE_ROWS rows: multiply-and-add per value, the rows
+held by each thread, split-K when the weight rows alone give too few programs) and prefill
 (`tl.dot` GEMM tiles, tensor cores for f16/bf16 activations).
 """
 
@@ -21,13 +26,39 @@ from ._triton import cdiv, interpreting, jit, next_pow2, tl, triton_ok
 F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 8, 12, 13, 14, 30
 BLOCKS = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q8_0: (32, 34),
           Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
-TYPES = tuple(BLOCKS)
-DECODE_ROWS = 8  # up to this many activation rows: the GEMV-like kernel
+PLANAR = 0x100  # type id flag: the planar layout of a type in PLANES
+# a block's byte ranges in plane order (quants, then scales, then f16 factors)
+PLANES = {Q8_0: [(2, 34), (0, 2)], Q4_0: [(2, 18), (0, 2)], Q6_K: [(0, 128), (128, 192), (192, 208), (208, 210)]}
+BLOCKS.update({t | PLANAR: BLOCKS[t] for t in PLANES})
+TYPES = tuple(t for t in BLOCKS if not t & PLANAR)
+DECODE_ROWS = 4  # up to this many activation rows: the GEMV-like kernel
 
 
 def columns(data: torch.Tensor, ggml_type: int) -> int:
     n, size = BLOCKS[ggml_type]
-    return data.shape[-1] // size * n
+    return data.shape[-1] // size * n  # a planar row's padding is under one block
+
+
+def to_planar(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
+    """GGUF rows uint8 [N, nb * block] of a type in PLANES -> its planar rows (padded to 16)."""
+    N, (_, size) = data.shape[0], BLOCKS[ggml_type]
+    blocks = data.reshape(N, -1, size)
+    planes = [blocks[:, :, a:b].reshape(N, -1) for a, b in PLANES[ggml_type]]
+    pad = -data.shape[1] % 16
+    if pad:
+        planes.append(torch.zeros(N, pad, dtype=torch.uint8, device=data.device))
+    return torch.cat(planes, 1)
+
+
+def from_planar(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
+    """The inverse of `to_planar` (ggml_type: the base type)."""
+    N, (_, size) = data.shape[0], BLOCKS[ggml_type]
+    nb = data.shape[1] // size
+    parts, at = {}, 0
+    for a, b in PLANES[ggml_type]:
+        parts[a] = data[:, at:at + nb * (b - a)].reshape(N, nb, b - a)
+        at += nb * (b - a)
+    return torch.cat([parts[a] for a in sorted(parts)], 2).reshape(N, nb * size)
 
 
 def _check(x: torch.Tensor, data: torch.Tensor, ggml_type: int) -> int:
@@ -50,6 +81,9 @@ def _f16_at(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def dequantize_torch(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
     """GGUF bytes uint8 [N, row_bytes] -> float32 [N, K], by the kernel's address formulas."""
+    if ggml_type & PLANAR:
+        ggml_type &= ~PLANAR
+        data = from_planar(data, ggml_type)
     N = data.shape[0]
     if ggml_type in (F32, F16, BF16):
         dt = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}[ggml_type]
@@ -87,91 +121,273 @@ def qmatmul_torch(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: 
 
 
 # ---------------------------------------------------------------------------------- Triton
+#
+# One pass reads one 256-value span of each of BLOCK_N weight rows (a K-quant super-block,
+# 8 blocks of Q8_0 / Q4_0, 256 floats) as two "parts" of [BLOCK_N, U, V] values in the
+# order the bytes lie: a quant byte is loaded once as part of a contiguous vector and its
+# nibbles go to the parts, scales are loaded once per (row, unit of V values), and x is
+# gathered in the matching order instead. Each value costs a few integer ops, one exact
+# int -> float conversion by the float-exponent trick (conversion instructions issue at a
+# quarter of the rate), one multiply-add for its scale and one per activation row.
 
 @jit
-def _f16_load(ptr, mask):
-    lo = tl.load(ptr, mask=mask, other=0).to(tl.uint16)
-    hi = tl.load(ptr + 1, mask=mask, other=0).to(tl.uint16)
-    return (lo | (hi << 8)).to(tl.float16, bitcast=True).to(tl.float32)
+def _f16(ptr):
+    return tl.load(ptr.to(tl.pointer_type(tl.float16))).to(tl.float32)
 
 
 @jit
-def _dequant_tile(w_ptr, rows, k, mask, row_bytes, TYPE: tl.constexpr):
-    """float32 [BLOCK_N, BLOCK_K] of rows (int64 [BLOCK_N, 1]) and columns k ([1, BLOCK_K])."""
-    row = w_ptr + rows * row_bytes
-    if TYPE == 0:  # F32
-        w = tl.load((row + k * 4).to(tl.pointer_type(tl.float32)), mask=mask, other=0.0)
-    elif TYPE == 1:  # F16
-        w = tl.load((row + k * 2).to(tl.pointer_type(tl.float16)), mask=mask, other=0.0).to(tl.float32)
-    elif TYPE == 30:  # BF16
-        w = tl.load((row + k * 2).to(tl.pointer_type(tl.bfloat16)), mask=mask, other=0.0).to(tl.float32)
-    elif TYPE == 8:  # Q8_0: f16 d, int8 qs[32]
-        blk = row + (k // 32) * 34
-        q = tl.load(blk + 2 + k % 32, mask=mask, other=0).to(tl.int8, bitcast=True).to(tl.float32)
-        w = _f16_load(blk, mask) * q
-    elif TYPE == 2:  # Q4_0: f16 d, qs[16] (low nibbles = values 0..15, high = 16..31)
-        blk = row + (k // 32) * 18
-        e = k % 32
-        q = (tl.load(blk + 2 + e % 16, mask=mask, other=0).to(tl.int32) >> ((e // 16) * 4)) & 15
-        w = _f16_load(blk, mask) * (q - 8).to(tl.float32)
-    elif TYPE == 14:  # Q6_K: ql[128], qh[64], int8 scales[16], f16 d
-        blk = row + (k // 256) * 210
-        e = k % 256
-        ql = (tl.load(blk + (e // 128) * 64 + e % 64, mask=mask, other=0).to(tl.int32) >> (((e % 128) // 64) * 4)) & 15
-        qh = (tl.load(blk + 128 + (e // 128) * 32 + e % 32, mask=mask, other=0).to(tl.int32)
-              >> (((e % 128) // 32) * 2)) & 3
-        sc = tl.load(blk + 192 + e // 16, mask=mask, other=0).to(tl.int8, bitcast=True).to(tl.float32)
-        w = (_f16_load(blk + 208, mask) * sc) * ((ql | (qh << 4)) - 32).to(tl.float32)
-    else:  # Q4_K (12) / Q5_K (13): f16 d, f16 dmin, scales[12], (Q5_K: qh[32]), qs[128]
+def _f16_masked(ptr, mask):
+    return tl.load(ptr.to(tl.pointer_type(tl.float16)), mask=mask, other=0.0).to(tl.float32)
+
+
+@jit
+def _u4f(q, offset: tl.constexpr):
+    """int32 q in [0, 2^23) -> float32 q - offset, exactly, without a conversion instruction
+    (the bits of 2^23 + q as a float, minus 2^23 + offset: one add)."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + offset)
+
+
+@jit
+def _kscale(blk, j):
+    """Q4_K / Q5_K: 6-bit scale and min of sub-blocks j (int32 tensor) of blocks `blk`."""
+    a = tl.load(blk + 4 + j).to(tl.int32)
+    b = tl.load(blk + 8 + j).to(tl.int32)
+    c = tl.load(blk + tl.where(j >= 4, j, 4)).to(tl.int32)  # byte j - 4 + 4 for j >= 4
+    low = j < 4
+    sc = tl.where(low, a & 63, (b & 15) | ((c >> 2) & 48))
+    mn = tl.where(low, b & 63, (b >> 4) | ((a >> 2) & 48))
+    return _u4f(sc, 0.0), _u4f(mn, 0.0)
+
+
+@jit
+def _part(row, s, K, P: tl.constexpr, TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr):
+    """Part P (0 or 1) of the 256-wide span s of rows `row` (uint8 pointers [BN, 1, 1]): the
+    quants q [BN, U, V] as floats with their offset removed (float types: the values), the
+    scale d and min m of each unit [BN, U, 1] (value = d * q - m; m only for Q4_K / Q5_K, d
+    not for float types) and the part's columns within the span [1, U, V]. The parts split
+    each quant byte's nibbles (Q4_K / Q5_K / Q6_K / Q4_0) or the span's halves (the rest)."""
+    u = tl.arange(0, U)[None, :, None]
+    v = tl.arange(0, V)[None, None, :]
+    d = tl.full((1, 1, 1), 1.0, tl.float32)
+    m = tl.full((1, 1, 1), 0.0, tl.float32)
+    if TYPE == 12 or TYPE == 13:  # Q4_K / Q5_K: qs byte u*32+v: low nibble value u*64+v, high +32
         BB: tl.constexpr = 144 if TYPE == 12 else 176
         QS: tl.constexpr = 16 if TYPE == 12 else 48
-        blk = row + (k // 256) * BB
-        e = k % 256
-        sb = e // 32
-        a = tl.load(blk + 4 + sb, mask=mask, other=0).to(tl.int32)
-        b = tl.load(blk + 8 + sb, mask=mask, other=0).to(tl.int32)
-        c = tl.load(blk + 4 + tl.where(sb >= 4, sb - 4, 0), mask=mask, other=0).to(tl.int32)
-        low = sb < 4
-        sc = tl.where(low, a & 63, (b & 15) | ((c >> 2) & 48)).to(tl.float32)
-        mn = tl.where(low, b & 63, (b >> 4) | ((a >> 2) & 48)).to(tl.float32)
-        q = (tl.load(blk + QS + (e // 64) * 32 + e % 32, mask=mask, other=0).to(tl.int32) >> ((sb % 2) * 4)) & 15
-        if TYPE == 13:
-            q = q | (((tl.load(blk + 16 + e % 32, mask=mask, other=0).to(tl.int32) >> sb) & 1) << 4)
-        w = (_f16_load(blk, mask) * sc) * q.to(tl.float32) - _f16_load(blk + 2, mask) * mn
+        blk = row + s * BB
+        qi = (tl.load(blk + QS + u * 32 + v).to(tl.int32) >> (4 * P)) & 15
+        if TYPE == 13:  # qh[v] holds bit 4 of value v of every sub-block; read at the tile's shape
+            qi = qi | (((tl.load(blk + 16 + v + 0 * u).to(tl.int32) >> (2 * u + P)) & 1) << 4)
+        sc, mn = _kscale(blk, 2 * u + P)
+        q = _u4f(qi, 0.0)
+        d = _f16(blk) * sc
+        m = _f16(blk + 2) * mn
+        c = u * 64 + v + 32 * P
+    elif TYPE == 14 or TYPE == 270:  # Q6_K: unit u = 4h + 2a + j16: values h*128 + a*32 + j16*16 + v (+64)
+        h, a, j16 = u // 4, (u // 2) % 2, u % 2
+        if TYPE == 14:  # ql[128], qh[64], scales[16], d in each 210-byte block
+            ql_at, qh_at, sc_at, d_at = row + s * 210, row + s * 210 + 128, row + s * 210 + 192, row + s * 210 + 208
+        else:  # planar: the planes of all nb blocks in turn
+            nb = K // 256
+            ql_at, qh_at, sc_at, d_at = row + s * 128, row + nb * 128 + s * 64, row + nb * 192 + s * 16, row + nb * 208 + s * 2
+        ql = (tl.load(ql_at + u * 16 + v).to(tl.int32) >> (4 * P)) & 15
+        qh = (tl.load(qh_at + h * 32 + j16 * 16 + v).to(tl.int32) >> (2 * a + 4 * P)) & 3
+        q = _u4f(ql | (qh << 4), 32.0)
+        d = _f16(d_at) * tl.load(sc_at + 4 * P + h * 8 + a * 2 + j16).to(tl.int8, bitcast=True).to(tl.float32)
+        c = h * 128 + a * 32 + j16 * 16 + v + 64 * P
+    elif TYPE == 2 or TYPE == 258:  # Q4_0: 8 blocks (f16 d, qs[16]); byte v: low nibble value v, high v + 16
+        b = s * 8 + u
+        ok = b * 32 < K  # K need only be a multiple of 32
+        if TYPE == 2:
+            q_at, d_at = row + b * 18 + 2, row + b * 18
+        else:
+            q_at, d_at = row + b * 16, row + (K // 32) * 16 + b * 2
+        q = _u4f((tl.load(q_at + v, mask=ok, other=0).to(tl.int32) >> (4 * P)) & 15, 8.0)
+        d = _f16_masked(d_at, ok)
+        c = u * 32 + v + 16 * P
+    elif TYPE == 8 or TYPE == 264:  # Q8_0: 8 blocks (f16 d, int8 qs[32]); blocks 0-3 and 4-7 as the parts
+        b = s * 8 + u + 4 * P
+        ok = b * 32 < K  # K need only be a multiple of 32
+        if TYPE == 8:
+            q_at, d_at = row + b * 34 + 2, row + b * 34
+        else:
+            q_at, d_at = row + b * 32, row + (K // 32) * 32 + b * 2
+        # the int8 bits read as unsigned (x ^ 128 = x + 128), the offset taken off
+        q = _u4f(tl.load(q_at + v, mask=ok, other=0).to(tl.int32) ^ 128, 128.0)
+        d = _f16_masked(d_at, ok)
+        c = u * 32 + v + 128 * P
+    else:  # F32 / F16 / BF16: the span's values in order, masked past K
+        c = u * 32 + v + 128 * P
+        k = s * 256 + c
+        if TYPE == 0:
+            q = tl.load((row + k * 4).to(tl.pointer_type(tl.float32)), mask=k < K, other=0.0)
+        elif TYPE == 1:
+            q = tl.load((row + k * 2).to(tl.pointer_type(tl.float16)), mask=k < K, other=0.0).to(tl.float32)
+        else:
+            q = tl.load((row + k * 2).to(tl.pointer_type(tl.bfloat16)), mask=k < K, other=0.0).to(tl.float32)
+    return q, d, m, c
+
+
+@jit
+def _values(q, d, m, TYPE: tl.constexpr):
+    """One part's weight values d * q - m (gguf-py's order), for the GEMM's tiles."""
+    if TYPE == 12 or TYPE == 13:
+        w = d * q - m
+    elif TYPE == 0 or TYPE == 1 or TYPE == 30:
+        w = q
+    else:
+        w = d * q
     return w
 
 
 @jit
-def _qmm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes, k_split,
-                TYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                USE_DOT: tl.constexpr, ATOMIC: tl.constexpr):
-    pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+def _xrow(xp, k, r, M, K, MASK_K: tl.constexpr):
+    """Row r of x at columns k, float32; rows past M and columns past K read as 0. The row
+    test is built from tl.full so the mask is uniform along k: vector loads stay possible."""
+    ok = tl.full(k.shape, r, tl.int32) < M
+    if MASK_K:
+        ok = ok & (k < K)
+    return tl.load(xp + k, mask=ok, other=0.0).to(tl.float32)
+
+
+@jit
+def _qmv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes, spans_per_split,
+                TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, EVEN: tl.constexpr, ATOMIC: tl.constexpr):
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None, None] * row_bytes  # clamped: not stored
+    s_lo = pid_k * spans_per_split
+    s_hi = tl.minimum(tl.cdiv(K, 256), s_lo + spans_per_split)
+    # one accumulator per activation row (up to 4), summed once after the loop; each row's x
+    # meets the weight tile in the tile's own layout
+    acc0 = tl.zeros((BLOCK_N, U, V), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_N, U, V), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, U, V), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_N, U, V), dtype=tl.float32)
+    for s in range(s_lo, s_hi):
+        for p in tl.static_range(2):  # a quant byte's second read (the other nibble) is the same load
+            q, d, m, c = _part(row, s, K, p, TYPE, U, V)
+            w = _values(q, d, m, TYPE)
+            k = s * 256 + c
+            acc0 += w * _xrow(x_ptr, k, 0, M, K, not EVEN)
+            if BLOCK_M > 1:
+                acc1 += w * _xrow(x_ptr + stride_xm, k, 1, M, K, not EVEN)
+            if BLOCK_M > 2:
+                acc2 += w * _xrow(x_ptr + 2 * stride_xm, k, 2, M, K, not EVEN)
+                acc3 += w * _xrow(x_ptr + 3 * stride_xm, k, 3, M, K, not EVEN)
+    offs_m = tl.arange(0, BLOCK_M)
+    y = tl.where(offs_m[None, :] == 0, tl.sum(tl.sum(acc0, axis=2), axis=1)[:, None], 0.0)
+    if BLOCK_M > 1:
+        y += tl.where(offs_m[None, :] == 1, tl.sum(tl.sum(acc1, axis=2), axis=1)[:, None], 0.0)
+    if BLOCK_M > 2:
+        y += tl.where(offs_m[None, :] == 2, tl.sum(tl.sum(acc2, axis=2), axis=1)[:, None], 0.0)
+        y += tl.where(offs_m[None, :] == 3, tl.sum(tl.sum(acc3, axis=2), axis=1)[:, None], 0.0)
+    out = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+    keep = (offs_m[None, :] < M) & (offs_n[:, None] < N)
+    if ATOMIC:
+        tl.atomic_add(out, y, mask=keep)
+    else:
+        tl.store(out, y.to(y_ptr.dtype.element_ty), mask=keep)
+
+
+@jit
+def _qmm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes,
+                TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, EVEN: tl.constexpr):
+    """Prefill: tensor-core tiles, each span's two parts dequantized in registers once for
+    BLOCK_M activation rows."""
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)[:, None]  # clamped: out-of-range rows are not stored
-    k_lo = pid_k * k_split
-    k_hi = tl.minimum(K, k_lo + k_split)
+    row = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None, None] * row_bytes  # clamped: not stored
+    xrow = x_ptr + offs_m.to(tl.int64)[:, None, None] * stride_xm
+    min_ = offs_m[:, None, None] < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kin = offs_k < k_hi
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & kin[None, :], other=0.0)
-        w = _dequant_tile(w_ptr, rows, offs_k[None, :], kin[None, :], row_bytes, TYPE)
-        if USE_DOT:
-            acc += tl.dot(x, tl.trans(w.to(x.dtype)), input_precision="ieee")
-        else:
-            acc += tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
+    for s in range(0, tl.cdiv(K, 256)):
+        for p in tl.static_range(2):  # one part's tiles live at a time
+            q, d, m, c = _part(row, s, K, p, TYPE, U, V)
+            k = s * 256 + c
+            if EVEN:
+                x = tl.load(xrow + k, mask=min_, other=0.0)
+            else:
+                x = tl.load(xrow + k, mask=min_ & (k < K), other=0.0)
+            w = tl.reshape(_values(q, d, m, TYPE).to(x.dtype), (BLOCK_N, U * V))
+            acc = tl.dot(tl.reshape(x, (BLOCK_M, U * V)), tl.trans(w), acc, input_precision="ieee")
     out = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    keep = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=keep)
-    else:
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=keep)
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+# ----------------------------------------------------------------------------- launching
+
+PARTS = {Q4_K: (4, 32), Q5_K: (4, 32), Q6_K: (8, 16), Q4_0: (8, 16)}  # (U, V); others (4, 32)
+PARTS.update({t | PLANAR: PARTS.get(t, (4, 32)) for t in PLANES})
+
+
+# the GEMM's activation rows per tile and launch options, by compute capability (0: the rest)
+GEMM_TILE = {90: (128, dict(num_warps=8)), 0: (32, dict(num_warps=4, num_stages=2))}
 
 
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _arch(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int | None = None,
+                  interpret: bool = False, arch: int = 90, block_n: int | None = None,
+                  num_warps: int | None = None, per_sm: int = 4) -> dict:
+    """The kernel, tile sizes and grid for an [M, K] x [N, K]^T product on `sms` SMs of
+    compute capability `arch` (x 10). benchmarks/kernel_sass.py compiles exactly what this
+    says; benchmarks/gpu.py times the decode kernel's other choices too (`block_n`,
+    `num_warps`, `per_sm`: the programs per SM that split-K aims for)."""
+    if M <= DECODE_ROWS:
+        BM = next_pow2(M)
+        BN = block_n or (max(8, 32 // BM) if not interpret else min(64, next_pow2(N)))
+        if ggml_type & ~PLANAR == Q6_K and not (block_n or interpret):
+            BN = min(BN, 16)  # 32 rows of Q6_K spill registers
+        U, V = PARTS.get(ggml_type, (4, 32))
+        spans = cdiv(K, 256)
+        programs = cdiv(N, BN)
+        if split_k is None:  # enough programs for per_sm per SM, each split >= 4 spans
+            split_k = max(1, min(cdiv(per_sm * sms, programs), spans // 4))
+        per = cdiv(spans, split_k)
+        split_k = cdiv(spans, per)
+        return dict(kernel="qmv", BLOCK_M=BM, BLOCK_N=BN, U=U, V=V, spans_per_split=per, split_k=split_k,
+                    EVEN=K % 256 == 0, grid=(programs, split_k), options=dict(num_warps=num_warps or 4),
+                    weights_per_iter=BN * 256)
+    U, V = PARTS.get(ggml_type, (4, 32))
+    if interpret:  # the interpreter pays per program and per op, hardly per value
+        BM, BN, options = min(256, next_pow2(M)), min(256, next_pow2(N)), dict(num_warps=4)
+    else:  # tiles that fit the registers without spilling (tests/kernels/test_cuda_compile.py)
+        rows, options = GEMM_TILE.get(arch, GEMM_TILE[0])
+        BM, BN = max(16, min(rows, next_pow2(M))), 32
+    return dict(kernel="qmm", BLOCK_M=BM, BLOCK_N=BN, U=U, V=V, split_k=1, EVEN=K % 256 == 0,
+                grid=(cdiv(M, BM), cdiv(N, BN)), options=options, weights_per_iter=BN * 256)
+
+
+def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: str):
+    """(kernel, {arg: type}, {int arg: value}, constexprs, warps) of a launch_config, for
+    compiling ahead of time as a launch would (the int values decide Triton's alignment hints)."""
+    atomic = cfg["split_k"] > 1
+    ydtype = "fp32" if atomic else xdtype
+    args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{ydtype}", "M": "i32", "N": "i32", "K": "i32",
+            "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32"}
+    row_bytes = K // BLOCKS[ggml_type][0] * BLOCKS[ggml_type][1]
+    values = dict(M=M, N=N, K=K, stride_xm=K, stride_ym=N, row_bytes=row_bytes)
+    if cfg["kernel"] == "qmv":
+        args["spans_per_split"] = "i32"
+        values["spans_per_split"] = cfg["spans_per_split"]
+        consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                      EVEN=cfg["EVEN"], ATOMIC=atomic)
+        return _qmv_kernel, args, values, consts, cfg["options"]
+    consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                  EVEN=cfg["EVEN"])
+    return _qmm_kernel, args, values, consts, cfg["options"]
 
 
 def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | None = None) -> torch.Tensor:
@@ -187,24 +403,23 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M, N = x2.shape[0], data.shape[0]
-    decode = M <= DECODE_ROWS
-    if decode:  # the [BM, BN, BK] product stays at 8K values: no register spill at any row count
-        BM = max(1, next_pow2(M))
-        BN, BK, warps = 32, max(32, 256 // BM), 4
+    cfg = launch_config(M, N, K, ggml_type, _sm_count(x.device), split_k, interpreting(), _arch(x.device))
+    return launch(x2, data, ggml_type, cfg).reshape(*lead, N)
+
+
+def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict) -> torch.Tensor:
+    """Run a `launch_config` on x2 [M, K] (unit stride along K) -> [M, N] in x2's dtype."""
+    (M, K), N = x2.shape, data.shape[0]
+    atomic = cfg["split_k"] > 1
+    y = (torch.zeros(M, N, dtype=torch.float32, device=x2.device) if atomic
+         else torch.empty(M, N, dtype=x2.dtype, device=x2.device))
+    if cfg["kernel"] == "qmv":
+        _qmv_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
+                                 cfg["spans_per_split"], TYPE=ggml_type, U=cfg["U"], V=cfg["V"],
+                                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"],
+                                 ATOMIC=atomic, **cfg["options"])
     else:
-        BM, BN, BK, warps = 64, 64, 64, 4
-    if interpreting():  # the interpreter pays per program and per op, hardly per value
-        BN, BK = min(256, max(BN, next_pow2(N))), 256
-        BM = BM if decode else 256
-    grid_mn = cdiv(M, BM) * cdiv(N, BN)
-    if split_k is None:  # enough programs to keep every SM reading; each split >= 4 K-tiles
-        split_k = max(1, min(cdiv(2 * _sm_count(x.device), grid_mn), K // (4 * BK))) if decode else 1
-    k_split = cdiv(cdiv(K, split_k), BK) * BK
-    split_k = cdiv(K, k_split)
-    atomic = split_k > 1
-    y = torch.zeros(M, N, dtype=torch.float32, device=x.device) if atomic else torch.empty(M, N, dtype=x.dtype, device=x.device)
-    grid = (cdiv(M, BM), cdiv(N, BN), split_k)
-    _qmm_kernel[grid](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0), k_split,
-                      TYPE=ggml_type, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, USE_DOT=not decode, ATOMIC=atomic,
-                      num_warps=warps)
-    return y.to(x.dtype).reshape(*lead, N)
+        _qmm_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
+                                 TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"],
+                                 BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"], **cfg["options"])
+    return y.to(x2.dtype)

@@ -27,9 +27,12 @@ from .engine import Engine, Layer, Raw, Stacked
 
 
 class GGUFWeight:
-    """A weight kept as its GGUF bytes on the device, multiplied by `kernels.qmatmul`."""
+    """A weight kept as its GGUF bytes on the device, multiplied by `kernels.qmatmul`; Q8_0,
+    Q4_0 and Q6_K in the kernels' planar layout (the same bytes, aligned for wide loads)."""
 
     def __init__(self, ggml_type: int, data: torch.Tensor, cols: int):
+        if ggml_type in kq.PLANES:
+            ggml_type, data = ggml_type | kq.PLANAR, kq.to_planar(data, ggml_type)
         self.ggml_type, self.data = ggml_type, data
         self.rows, self.cols = data.shape[0], cols
 
