@@ -218,13 +218,15 @@ def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20) -> dict:
     bytes read. Each choice's product is checked against the default's."""
     from loopcli.kernels import qmatmul as kq
 
-    t = kq.Q8_0 if qtype == "q8_0" else kq.Q4_K
+    base = kq.Q8_0 if qtype == "q8_0" else kq.Q4_K
+    t = base | kq.PLANAR if base in kq.PLANES else base  # the layout the engine keeps
     dev = torch.device(DEVICE)
     sms, arch = kq._sm_count(dev), kq._arch(dev)
     gen = torch.Generator(DEVICE).manual_seed(2)
     out = {}
     for name, N, K in SWEEP_SHAPES:
-        data = random_blocks(t, N, K, gen)
+        data = random_blocks(base, N, K, gen)
+        data = kq.to_planar(data, base) if t != base else data
         for M in (1, 2):
             x = 0.1 * torch.randn(M, K, device=DEVICE, dtype=torch.float16, generator=gen)
             base = kq.launch_config(M, N, K, t, sms, arch=arch)

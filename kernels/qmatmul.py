@@ -252,7 +252,7 @@ def _xrow(xp, k, r, M, K, MASK_K: tl.constexpr):
 @jit
 def _qmv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes, spans_per_split,
                 TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, EVEN: tl.constexpr, ATOMIC: tl.constexpr):
+                BLOCK_N: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None, None] * row_bytes  # clamped: not stored
@@ -284,8 +284,8 @@ def _qmv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes, s
         y += tl.where(offs_m[None, :] == 3, tl.sum(tl.sum(acc3, axis=2), axis=1)[:, None], 0.0)
     out = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
     keep = (offs_m[None, :] < M) & (offs_n[:, None] < N)
-    if ATOMIC:
-        tl.atomic_add(out, y, mask=keep)
+    if SPLIT:  # this K range's partial sums, f32, in its own slice: summed in a fixed order after
+        tl.store(out + pid_k * M * stride_ym, y, mask=keep)
     else:
         tl.store(out, y.to(y_ptr.dtype.element_ty), mask=keep)
 
@@ -373,8 +373,8 @@ def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int
 def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: str):
     """(kernel, {arg: type}, {int arg: value}, constexprs, warps) of a launch_config, for
     compiling ahead of time as a launch would (the int values decide Triton's alignment hints)."""
-    atomic = cfg["split_k"] > 1
-    ydtype = "fp32" if atomic else xdtype
+    split = cfg["split_k"] > 1
+    ydtype = "fp32" if split else xdtype
     args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{ydtype}", "M": "i32", "N": "i32", "K": "i32",
             "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32"}
     row_bytes = K // BLOCKS[ggml_type][0] * BLOCKS[ggml_type][1]
@@ -383,7 +383,7 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
         args["spans_per_split"] = "i32"
         values["spans_per_split"] = cfg["spans_per_split"]
         consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      EVEN=cfg["EVEN"], ATOMIC=atomic)
+                      EVEN=cfg["EVEN"], SPLIT=split)
         return _qmv_kernel, args, values, consts, cfg["options"]
     consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                   EVEN=cfg["EVEN"])
@@ -393,7 +393,8 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
 def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | None = None) -> torch.Tensor:
     """x [..., K] @ W.T -> [..., N] in x's dtype, W read from its GGUF bytes `data`.
 
-    `split_k`: K ranges summed with atomics (decode); None chooses from the device's size.
+    `split_k`: K ranges whose partial sums are added after (decode, in a fixed order: the
+    same inputs give the same bits); None chooses from the device's size.
     """
     K = _check(x, data, ggml_type)
     if not triton_ok(x):
@@ -410,16 +411,16 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
 def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict) -> torch.Tensor:
     """Run a `launch_config` on x2 [M, K] (unit stride along K) -> [M, N] in x2's dtype."""
     (M, K), N = x2.shape, data.shape[0]
-    atomic = cfg["split_k"] > 1
-    y = (torch.zeros(M, N, dtype=torch.float32, device=x2.device) if atomic
-         else torch.empty(M, N, dtype=x2.dtype, device=x2.device))
+    split = cfg["split_k"]
+    y = torch.empty((split, M, N) if split > 1 else (M, N), dtype=torch.float32 if split > 1 else x2.dtype,
+                    device=x2.device)
     if cfg["kernel"] == "qmv":
-        _qmv_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
+        _qmv_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(-2), data.stride(0),
                                  cfg["spans_per_split"], TYPE=ggml_type, U=cfg["U"], V=cfg["V"],
                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"],
-                                 ATOMIC=atomic, **cfg["options"])
+                                 SPLIT=split > 1, **cfg["options"])
     else:
         _qmm_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
                                  TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"],
                                  BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"], **cfg["options"])
-    return y.to(x2.dtype)
+    return (y.sum(0) if split > 1 else y).to(x2.dtype)

@@ -122,3 +122,15 @@ def test_the_gpu_tile_sizes(t, monkeypatch):
         ref = x.double() @ floats.double().T
         got = Q.qmatmul(x, data, t)
         assert (got.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_split_k_sums_in_a_fixed_order():
+    """Split-K's partial sums are added after the kernel, not by atomics in arrival order:
+    the same inputs give the same bits, call after call (the interpreter runs programs in
+    order anyway; on a GPU this is what the test is for)."""
+    data, floats = weight(Q.Q4_K, 24, 2048, seed=5)
+    x = torch.randn(2, 2048, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    first = Q.qmatmul(x, data, Q.Q4_K, split_k=4)
+    assert all(torch.equal(Q.qmatmul(x, data, Q.Q4_K, split_k=4), first) for _ in range(3))
+    ref = x.double() @ floats.double().T
+    assert (first.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
