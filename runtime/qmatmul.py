@@ -25,6 +25,8 @@ the order of llama.cpp's own 8-bit activation quantization); the tiled path is e
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -70,6 +72,28 @@ class TiledWeight:
         return sum(t.numel() * t.element_size() for t in (self.q, self.scale, self.zero) if t is not None)
 
 
+@functools.cache
+def int4_block() -> int | None:
+    """Rows per block of torch's CPU int4 layout here (it follows the SIMD level torch picks:
+    32 with AVX2, 64 with AVX-512), found by packing a probe; None for a layout we do not read
+    (the int4 path is then not used)."""
+    probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
+    for block in (32, 64):
+        if packed.numel() == probe.numel() // 2 and torch.equal(_unpack_block(packed, 64, block, 0, 128), probe):
+            return block
+    return None
+
+
+def _unpack_block(packed: torch.Tensor, cols: int, block: int, a: int, b: int) -> torch.Tensor:
+    """Rows a..b (a a multiple of `block`) of 4-bit values. torch's CPU layout: blocks of
+    `block` rows, per column k block / 2 bytes, byte j = row j (low nibble), row j + block / 2
+    (high)."""
+    blk = packed.view(-1, cols, block // 2)[a // block:(b + block - 1) // block]
+    u = torch.cat([blk & 15, blk >> 4], dim=-1)  # [blocks, K, block]
+    return u.transpose(1, 2).reshape(-1, cols)[:b - a].int()
+
+
 class Int4Weight:
     """One or two int4-packed matrices (torch's CPU layout) whose products are summed."""
 
@@ -79,7 +103,7 @@ class Int4Weight:
     @classmethod
     def from_decoded(cls, d: blocks.Decoded, ggml_type: int) -> "Int4Weight":
         rows, cols = d.q.shape
-        pad = -rows % 32  # blocks of 32 rows: the layout `_unpack` reads
+        pad = -rows % int4_block()  # whole blocks of rows: the layout `_unpack` reads
         q = F.pad(d.q.int(), (0, 0, 0, pad))
         s = F.pad(d.scale, (0, 0, 0, pad))
         z = F.pad(d.zero, (0, 0, 0, pad)) if d.zero is not None else torch.zeros_like(s)
@@ -99,11 +123,7 @@ class Int4Weight:
         return cls(parts, rows, cols)
 
     def _unpack(self, packed: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        """Rows a..b (a a multiple of 32) of 4-bit values. torch's CPU layout: blocks of 32
-        rows, per column k 16 bytes, byte j = row j (low nibble) and row j + 16 (high)."""
-        blk = packed.view(-1, self.cols, 16)[a // 32:(b + 31) // 32]
-        u = torch.cat([blk & 15, blk >> 4], dim=-1)  # [blocks, K, 32]
-        return u.transpose(1, 2).reshape(-1, self.cols)[:b - a]
+        return _unpack_block(packed, self.cols, int4_block(), a, b).to(torch.uint8)
 
     def _rows(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows a..b dequantized: (u - 8) s + z, or for a split pair, with u = 16 hi + lo
@@ -119,7 +139,7 @@ class Int4Weight:
     def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
         shape = x.shape
         if tiles or x.numel() // self.cols > PACKED_MAX_ROWS:  # prefill: f32 tiles and a GEMM win
-            return _tiled(x, self.rows, lambda a, b: self._rows(a, b, x.dtype), align=32)
+            return _tiled(x, self.rows, lambda a, b: self._rows(a, b, x.dtype), align=int4_block())
         xb = x.reshape(-1, self.cols).to(torch.bfloat16)
         y = None
         for packed, sz in self.parts:
@@ -182,10 +202,11 @@ def pack(ggml_type: int, raw: torch.Tensor, cols: int, device: torch.device | st
     kernel = cpu_kernels.get() if packed and device.type == "cpu" and ggml_type in cpu_kernels.TYPES else None
     if kernel is not None:
         return BlockWeight(raw.contiguous(), ggml_type, cols, kernel)  # the bytes as read (or repacked once)
-    if packed and device.type == "cpu" and ggml_type in INT4 + SPLIT8:
-        # row blocks of 32 are independent in the packed layout: pack a slice at a time
-        pieces = [Int4Weight.from_decoded(blocks.decode(ggml_type, raw[a:a + PACK_ROWS], cols), ggml_type)
-                  for a in range(0, raw.shape[0], PACK_ROWS)]
+    if packed and device.type == "cpu" and ggml_type in INT4 + SPLIT8 and int4_block():
+        # blocks of rows are independent in the packed layout: pack a slice of whole blocks at a time
+        step = -(-PACK_ROWS // int4_block()) * int4_block()
+        pieces = [Int4Weight.from_decoded(blocks.decode(ggml_type, raw[a:a + step], cols), ggml_type)
+                  for a in range(0, raw.shape[0], step)]
         if len(pieces) == 1:
             return pieces[0]
         parts = [(torch.cat([p.parts[i][0] for p in pieces]), torch.cat([p.parts[i][1] for p in pieces], dim=1))

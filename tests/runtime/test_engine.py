@@ -49,6 +49,39 @@ def test_quantized_matmul_equals_dequantize_then_matmul(t, rows, m, monkeypatch)
     assert (fast - ref).abs().max() <= 1e-2 * ref.abs().max()
 
 
+INT4_CHECK = """
+import numpy as np, torch
+from loopcli.convert.quants import quantize
+from loopcli.runtime import blocks, qmatmul
+qmatmul.PACK_ROWS = 32  # slices narrower than AVX-512's blocks of 64 rows
+x = (0.05 * np.random.default_rng(0).standard_normal((100, 256))).astype(np.float32)
+raw = torch.from_numpy(np.ascontiguousarray(quantize(x, blocks.Q5_1)).view(np.uint8).reshape(100, -1).copy())
+w = blocks.dequantize(blocks.Q5_1, raw, 256)
+packed = qmatmul.pack(blocks.Q5_1, raw, 256)
+for m in (3, 24):  # the int4 kernel, then tiles unpacked from its layout
+    a = torch.randn(m, 256, generator=torch.Generator().manual_seed(m))
+    ref = a @ w.T
+    print(type(packed).__name__, qmatmul.int4_block(), float((qmatmul.linear(a, packed) - ref).abs().max() / ref.abs().max()))
+"""
+
+
+@pytest.mark.parametrize("level", ["default", "avx2", "avx512"])
+def test_the_int4_layout_is_read_at_every_simd_level(level):
+    """torch's CPU int4 layout follows the SIMD level it picks (blocks of 32 rows with AVX2, 64
+    with AVX-512, another layout without SIMD). A level this CPU lacks runs as a lower one."""
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", INT4_CHECK], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ATEN_CPU_CAPABILITY": level})
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [line.split() for line in run.stdout.splitlines()]
+    assert len(lines) == 2 and all(float(err) <= 1e-2 for *_, err in lines), run.stdout
+    if lines[0][0] == "Int4Weight":  # the int4 path is taken only where its layout is known
+        assert lines[0][1] in ("32", "64")
+
+
 MODELS = [("loopcoder", 2), ("loopcoder", 3), ("loopcoder", 1), ("llama", 1), ("qwen2", 1)]
 
 
