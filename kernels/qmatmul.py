@@ -365,7 +365,8 @@ def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int
         BM, BN, options = min(256, next_pow2(M)), min(256, next_pow2(N)), dict(num_warps=4)
     else:  # tiles that fit the registers without spilling (tests/kernels/test_cuda_compile.py)
         rows, options = GEMM_TILE.get(arch, GEMM_TILE[0])
-        BM, BN = max(16, min(rows, next_pow2(M))), 32
+        BN = 16 if arch < 90 and ggml_type & ~PLANAR == Q6_K else 32  # Q6_K spills at 32 before Hopper
+        BM = max(16, min(rows, next_pow2(M)))
     return dict(kernel="qmm", BLOCK_M=BM, BLOCK_N=BN, U=U, V=V, split_k=1, EVEN=K % 256 == 0,
                 grid=(cdiv(M, BM), cdiv(N, BN)), options=options, weights_per_iter=BN * 256)
 

@@ -108,16 +108,19 @@ def test_batched_leading_dims_and_bad_input():
         Q.qmatmul(x, data, 3)
 
 
+@pytest.mark.parametrize("arch", [90, 86])
 @pytest.mark.parametrize("t", [Q.Q4_K, Q.Q6_K, Q.Q8_0, Q.Q4_0, Q.F16, *PLANAR], ids=NAMES.get)
-def test_the_gpu_tile_sizes(t, monkeypatch):
+def test_the_gpu_tile_sizes(t, arch, monkeypatch):
     """The interpreter runs the tile sizes a GPU launch takes (several weight-row programs,
-    rows past N clamped, split K, the GEMM's row tiles), not only its own larger ones."""
+    rows past N clamped, split K, the GEMM's row tiles for Hopper and before), not only its
+    own larger ones."""
     monkeypatch.setattr(Q, "interpreting", lambda: False)
+    monkeypatch.setattr(Q, "_arch", lambda device: arch)
     K = cols_for(t)
     data, floats = weight(t, 100, K, seed=3)
     for m in (1, 2, 3, 20):
         x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(DEVICE)
-        cfg = Q.launch_config(m, 100, K, t, Q._sm_count(x.device))
+        cfg = Q.launch_config(m, 100, K, t, Q._sm_count(x.device), arch=arch)
         assert cfg["grid"][0] > 1 or cfg["grid"][1] > 1
         ref = x.double() @ floats.double().T
         got = Q.qmatmul(x, data, t)
