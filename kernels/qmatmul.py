@@ -2,10 +2,10 @@
 
 `data` is one tensor as GGUF stores it: uint8 [N, row_bytes], one row of blocks per output
 row (llama.cpp block layouts: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K, and F32/F16/BF16 as raw bytes).
-Every weight value is found by address arithmetic on its column k alone (block k // QK,
-element k % QK), so one tile loop serves every format, and the torch twin uses the very same
-formulas as gathers. The arithmetic order follows gguf-py's numpy dequantizers
-(`(d * sc) * q - dmin * m`), so a tile is bit-identical to gguf-py's floats where the
+The torch twin finds every weight value by address arithmetic on its column k alone (block
+k // QK, element k % QK), as gathers; the kernels read each 256-value span's bytes as they
+lie (below). Both keep the arithmetic order of gguf-py's numpy dequantizers
+(`(d * sc) * q - dmin * m`), so a value is bit-identical to gguf-py's float where the
 compiler keeps that order (the interpreter does).
 
 Q8_0, Q4_0 and Q6_K blocks (34, 18 and 210 bytes) leave their quants at 2-byte alignment,
@@ -229,7 +229,7 @@ def _part(row, s, K, P: tl.constexpr, TYPE: tl.constexpr, U: tl.constexpr, V: tl
 
 @jit
 def _values(q, d, m, TYPE: tl.constexpr):
-    """One part's weight values d * q - m (gguf-py's order), for the GEMM's tiles."""
+    """One part's weight values d * q - m, in gguf-py's order."""
     if TYPE == 12 or TYPE == 13:
         w = d * q - m
     elif TYPE == 0 or TYPE == 1 or TYPE == 30:
