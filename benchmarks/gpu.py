@@ -229,8 +229,8 @@ def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20) -> dict:
         data = kq.to_planar(data, base) if t != base else data
         for M in (1, 2):
             x = 0.1 * torch.randn(M, K, device=DEVICE, dtype=torch.float16, generator=gen)
-            base = kq.launch_config(M, N, K, t, sms, arch=arch)
-            want = kq.launch(x, data, t, base).float()
+            engine_cfg = kq.launch_config(M, N, K, t, sms, arch=arch)
+            want = kq.launch(x, data, t, engine_cfg).float()
             rows = []
             for bn in (8, 16, 32):
                 for warps in (4, 8):
@@ -246,9 +246,10 @@ def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20) -> dict:
                         rows.append(dict(block_n=bn, num_warps=warps, split_k=cfg["split_k"], us=round(us, 1),
                                          GB_s=round(gbs, 1), frac_peak=round(gbs / peak_bw, 3) if peak_bw else None,
                                          max_rel_diff=float(((got - want).abs().max() / want.abs().max()).item())))
-            us = kernel_us(lambda: kq.launch(x, data, t, base), reps)
+            us = kernel_us(lambda: kq.launch(x, data, t, engine_cfg), reps)
             gbs = data.numel() / us / 1e3
-            default = dict(block_n=base["BLOCK_N"], num_warps=base["options"]["num_warps"], split_k=base["split_k"],
+            default = dict(block_n=engine_cfg["BLOCK_N"], num_warps=engine_cfg["options"]["num_warps"],
+                           split_k=engine_cfg["split_k"],
                            us=round(us, 1), GB_s=round(gbs, 1), frac_peak=round(gbs / peak_bw, 3) if peak_bw else None)
             out[f"{name}_M{M}"] = {"N": N, "K": K, "default": default, "best": max(rows, key=lambda r: r["GB_s"]),
                                    "configs": rows}

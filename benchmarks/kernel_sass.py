@@ -10,6 +10,8 @@ the GPU's peak bandwidth (1.0 or more: the loop's instructions do not limit the 
 It ignores latency, stalls and dual issue: a ceiling, not a prediction; `benchmarks/gpu.py`
 measures the real thing on a GPU.
 
+Exits 1 when a kernel does not compile (after the report, which names it), 2 on bad arguments.
+
 Usage: python benchmarks/kernel_sass.py [--arch 90] [--gpu H200] [--rows 1,2,4] [--only NAME] [--out sass.json]
 [--dump DIR]
 """
@@ -112,7 +114,7 @@ def sass_stats(cubin: bytes) -> dict:
             "loop_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1])), "_sass": sass}
 
 
-def launches(types, rows_list, sms: int, arch: int):
+def launches(types, rows_list, shapes, sms: int, arch: int):
     """Every kernel the Triton engine launches on LoopCoder-V2's shapes (f16 activations and
     KV cache, R = 2): dicts of name, fn, argument types, int values, constexprs, launch options and,
     for the matmuls, the weights one loop pass reads."""
@@ -125,7 +127,7 @@ def launches(types, rows_list, sms: int, arch: int):
 
     for t in types:
         for M in [*rows_list, 4096]:  # decode rows, then a 2k-token prompt at R = 2 (the GEMM)
-            for shape, N, K in SHAPES:
+            for shape, N, K in shapes:
                 cfg = kq.launch_config(M, N, K, t, sms, arch=arch)
                 fn, sig, values, consts, options = kq.kernel_signature(t, M, N, K, cfg, "fp16")
                 yield dict(name=f"qmatmul {TYPE_NAMES[t]} M={M} {shape}", kernel="qmatmul", type=TYPE_NAMES[t],
@@ -193,8 +195,9 @@ def measure(launch: dict, arch: int, gpu: tuple) -> dict:
     matmuls the issue-bound ceiling."""
     from loopcli.kernels import qmatmul as kq
 
-    k = compile_kernel(launch["fn"], launch["sig"], launch["values"], launch["consts"], arch, launch["options"])
-    st = sass_stats(k.asm["cubin"])
+    compiled = compile_kernel(launch["fn"], launch["sig"], launch["values"], launch["consts"], arch,
+                              launch["options"])
+    st = sass_stats(compiled.asm["cubin"])
     out = {k: v for k, v in launch.items() if k not in ("fn", "sig", "values", "consts", "weights_per_iter")}
     out.update({k: v for k, v in st.items() if not k.startswith("_")})
     if launch.get("weights_per_iter") and st["loop_instrs"]:
@@ -214,7 +217,8 @@ def measure(launch: dict, arch: int, gpu: tuple) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (80, 86, 89, 90)")
+    ap.add_argument("--arch", type=int, default=90, choices=(80, 86, 89, 90),
+                    help="CUDA compute capability x 10 (Ampere, Ampere consumer, Ada, Hopper)")
     ap.add_argument("--gpu", choices=sorted(GPUS),
                     help="the GPU figures for the model (default: H200 for sm_90, RTX 4090 for 89, RTX 3090 for 86, "
                          "A100 for 80)")
@@ -242,20 +246,25 @@ def main(argv=None) -> int:
 
     if any(not 1 <= r <= DECODE_ROWS for r in rows):
         fail(f"--rows: decode launches have 1 to {DECODE_ROWS} rows (more take the GEMM, compiled at 4096)")
-    global SHAPES
     keep = args.shapes.split(",")
-    SHAPES = [s for s in SHAPES if s[0] in keep]
-    if not SHAPES:
-        fail(f"--shapes: none of {keep} is known (qkv, wo, gate_up, down, head)")
+    shapes = [s for s in SHAPES if s[0] in keep]
+    unknown = [k for k in keep if k not in {s[0] for s in SHAPES}]
+    if unknown:
+        fail(f"--shapes: {unknown[0]!r} is not one of {', '.join(s[0] for s in SHAPES)}")
     args.gpu = args.gpu or {89: "RTX 4090", 86: "RTX 3090", 80: "A100"}.get(args.arch, "H200")
     gpu = GPUS[args.gpu]
     out = {"arch": args.arch, "gpu": args.gpu, "sms": gpu[0], "clock_ghz": gpu[1], "peak_gbs": gpu[2],
            "peak_tflops": gpu[3], "kernels": []}
     if args.dump:
-        os.makedirs(args.dump, exist_ok=True)
-    for launch in launches([names[t] for t in args.types.split(",")], rows, gpu[0], args.arch):
-        if args.only and not launch["name"].startswith(args.only):
-            continue
+        try:
+            os.makedirs(args.dump, exist_ok=True)
+        except OSError as e:
+            fail(f"--dump {args.dump}: cannot make that folder ({e.strerror})")
+    chosen = [launch for launch in launches([names[t] for t in args.types.split(",")], rows, shapes, gpu[0], args.arch)
+              if not args.only or launch["name"].startswith(args.only)]
+    if not chosen:
+        fail(f"--only {args.only!r}: no kernel's name starts so (names look like 'qmatmul Q4_K M=1 wo', 'gswa_decode')")
+    for launch in chosen:
         try:
             e = measure(launch, args.arch, gpu)
         except Exception as exc:  # a kernel that does not compile is a result, not a crash
@@ -274,11 +283,15 @@ def main(argv=None) -> int:
     out["failed"] = [e["name"] for e in out["kernels"] if "error" in e]
     out["spilling"] = [e["name"] for e in out["kernels"] if e.get("spill_instrs")]
     text = json.dumps(out, indent=1)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    if args.out:  # written whole or not at all
+        try:
+            with open(args.out + ".tmp", "w") as f:
+                f.write(text + "\n")
+            os.replace(args.out + ".tmp", args.out)
+        except OSError as e:
+            fail(f"--out {args.out}: cannot write it ({e.strerror})")
     print(text)
-    return 0
+    return 1 if out["failed"] else 0  # a kernel that does not compile fails the run, after the report
 
 
 if __name__ == "__main__":

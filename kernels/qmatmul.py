@@ -39,12 +39,19 @@ def columns(data: torch.Tensor, ggml_type: int) -> int:
     return data.shape[-1] // size * n  # a planar row's padding is under one block
 
 
+def bytes_per_row(ggml_type: int, K: int) -> int:
+    """Bytes of one row of K values; a planar row is padded to 16 bytes (aligned rows)."""
+    n, size = BLOCKS[ggml_type]
+    raw = K // n * size
+    return raw + (-raw % 16 if ggml_type & PLANAR else 0)
+
+
 def to_planar(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
     """GGUF rows uint8 [N, nb * block] of a type in PLANES -> its planar rows (padded to 16)."""
     N, (_, size) = data.shape[0], BLOCKS[ggml_type]
     blocks = data.reshape(N, -1, size)
     planes = [blocks[:, :, a:b].reshape(N, -1) for a, b in PLANES[ggml_type]]
-    pad = -data.shape[1] % 16
+    pad = bytes_per_row(ggml_type | PLANAR, columns(data, ggml_type)) - data.shape[1]
     if pad:
         planes.append(torch.zeros(N, pad, dtype=torch.uint8, device=data.device))
     return torch.cat(planes, 1)
@@ -372,14 +379,14 @@ def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int
 
 
 def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: str):
-    """(kernel, {arg: type}, {int arg: value}, constexprs, warps) of a launch_config, for
-    compiling ahead of time as a launch would (the int values decide Triton's alignment hints)."""
+    """(kernel, {arg: type}, {int arg: value}, constexprs, launch options) of a launch_config,
+    for compiling ahead of time as a launch would (the int values decide Triton's alignment
+    hints)."""
     split = cfg["split_k"] > 1
     ydtype = "fp32" if split else xdtype
     args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{ydtype}", "M": "i32", "N": "i32", "K": "i32",
             "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32"}
-    row_bytes = K // BLOCKS[ggml_type][0] * BLOCKS[ggml_type][1]
-    values = dict(M=M, N=N, K=K, stride_xm=K, stride_ym=N, row_bytes=row_bytes)
+    values = dict(M=M, N=N, K=K, stride_xm=K, stride_ym=N, row_bytes=bytes_per_row(ggml_type, K))
     if cfg["kernel"] == "qmv":
         args["spans_per_split"] = "i32"
         values["spans_per_split"] = cfg["spans_per_split"]

@@ -80,7 +80,7 @@ def int4_block() -> int | None:
     probe = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1)
     for block in (32, 64):
-        if packed.numel() == probe.numel() // 2 and torch.equal(_unpack_block(packed, 64, block, 0, 128), probe):
+        if packed.numel() == probe.numel() // 2 and torch.equal(_unpack_block(packed, 64, block, 0, 128).int(), probe):
             return block
     return None
 
@@ -91,7 +91,7 @@ def _unpack_block(packed: torch.Tensor, cols: int, block: int, a: int, b: int) -
     (high)."""
     blk = packed.view(-1, cols, block // 2)[a // block:(b + block - 1) // block]
     u = torch.cat([blk & 15, blk >> 4], dim=-1)  # [blocks, K, block]
-    return u.transpose(1, 2).reshape(-1, cols)[:b - a].int()
+    return u.transpose(1, 2).reshape(-1, cols)[:b - a]
 
 
 class Int4Weight:
@@ -123,7 +123,7 @@ class Int4Weight:
         return cls(parts, rows, cols)
 
     def _unpack(self, packed: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        return _unpack_block(packed, self.cols, int4_block(), a, b).to(torch.uint8)
+        return _unpack_block(packed, self.cols, int4_block(), a, b)
 
     def _rows(self, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
         """Rows a..b dequantized: (u - 8) s + z, or for a split pair, with u = 16 hi + lo

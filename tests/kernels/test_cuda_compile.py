@@ -53,3 +53,18 @@ def test_every_kernel_compiles_without_spills(arch, tmp_path):
         # decode rows now; dequantizing every value from its own block address cost ~200
         limit = 20 if e["M"] <= 2 else 40
         assert e["instrs_per_weight"] <= limit, (e["name"], e["instrs_per_weight"])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--types", "q3_k"], "unknown type 'q3_k'"),
+    (["--rows", "9"], "--rows"),
+    (["--rows", "one"], "--rows takes integers"),
+    (["--shapes", "mlp"], "--shapes: 'mlp'"),
+    (["--only", "nothing"], "--only 'nothing'"),
+])
+def test_bad_arguments_get_one_line_and_exit_2(args, says, tmp_path):
+    out = tmp_path / "sass.json"
+    run = subprocess.run([sys.executable, str(SCRIPT), *args, "--out", str(out)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert run.returncode == 2 and says in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists() and not (tmp_path / "sass.json.tmp").exists()

@@ -57,10 +57,10 @@ def test_llama_cpp_reads_the_r1_gguf_it_writes(gpu, monkeypatch):
 
 
 def test_the_matmul_sweep_runs_every_tile_choice_and_checks_it(gpu, monkeypatch):
-    monkeypatch.setattr(gpu, "SWEEP_SHAPES", [("tiny", 24, 2048)])
+    monkeypatch.setattr(gpu, "SWEEP_SHAPES", [("tiny", 24, 2048), ("other", 16, 2048)])
     out = gpu.matmul_sweep("q8_0", 100.0, lambda: 1e9, reps=1)  # planar, as the engine keeps it
-    for m in (1, 2):
-        res = out[f"tiny_M{m}"]
+    for key in ("tiny_M1", "tiny_M2", "other_M1", "other_M2"):
+        res = out[key]
         assert len(res["configs"]) == 18 and res["default"]["us"] > 0
         assert {c["split_k"] for c in res["configs"]} == {1, 2}  # with and without split-K
         assert max(c["max_rel_diff"] for c in res["configs"]) < 1e-5  # f32 sums of f16 inputs, any order

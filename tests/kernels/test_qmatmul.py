@@ -38,6 +38,7 @@ def test_the_planar_layout_is_the_same_bytes(t):
         data, _ = weight(t, 5, K)
         planar = Q.to_planar(data, t)
         assert planar.shape[1] % 16 == 0 and planar.shape[1] - data.shape[1] < 16
+        assert planar.shape[1] == Q.bytes_per_row(t | Q.PLANAR, K)  # what launches are compiled for
         assert Q.columns(planar, t | Q.PLANAR) == K
         assert torch.equal(Q.from_planar(planar, t), data)
         assert sorted(planar[:, :data.shape[1]].flatten().tolist()) == sorted(data.flatten().tolist())
