@@ -15,7 +15,9 @@ the output and for attn_v / ffn_down on the "more bits" layers) and q8_0. For ea
 - `llama_cpp`: llama.cpp on the same weights written as an R = 1 llama GGUF, when
   llama-cpp-python is installed with GPU offload;
 - `sweep` (last, within the time left): the decode matmul alone on the largest shapes at
-  1 and 2 rows, the engine's tile choice against the others, in GB/s (for the next tuning).
+  1 and 2 rows, the engine's choice against the others (dp4a or float kernel, weight rows
+  per program, warps, split-K), in GB/s; the activation quantizer's own time; the prefill
+  GEMM at 4096 rows under each tile size, in TFLOPs (for the next tuning).
 
 Targets (issue 11): decode >= 70 % of peak bandwidth, R = 2 <= 1.10 x R = 1, prompt >= 50 % of
 peak tensor FLOPs. Runs in under 5 minutes (sections past the time budget are skipped and
@@ -212,11 +214,18 @@ def kernel_us(fn, reps: int = 20) -> float:
     return sorted(times)[reps // 2]
 
 
-def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20) -> dict:
+GEMM_TILES = {"64x3": (64, dict(num_warps=4, num_stages=3)), "128x3": (128, dict(num_warps=8, num_stages=3)),
+              "256x2": (256, dict(num_warps=8, num_stages=2))}  # rows per tile x pipeline stages
+
+
+def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20, peak_tf=None, prefill_rows: int = 4096) -> dict:
     """The decode matmul alone (M = 1 and 2 rows) on LoopCoder-V2's largest shapes: the
-    engine's tile choice and the others (`block_n`, warps, split-K target), as GB/s of weight
-    bytes read. Each choice's product is checked against the default's."""
+    engine's choice and the others (dp4a or float kernel, `block_n`, warps, split-K target), as
+    GB/s of weight bytes read, each product checked against the default's; the activation
+    quantizer alone (its launch is part of every decode matmul above); and the prefill GEMM
+    (`prefill_rows` rows) under each GEMM_TILES tile, as TFLOPs."""
     from loopcli.kernels import qmatmul as kq
+    from loopcli.kernels.qmatmul_int8 import quantize_rows
 
     base = kq.Q8_0 if qtype == "q8_0" else kq.Q4_K
     t = base | kq.PLANAR if base in kq.PLANES else base  # the layout the engine keeps
@@ -232,28 +241,52 @@ def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20) -> dict:
             engine_cfg = kq.launch_config(M, N, K, t, sms, arch=arch)
             want = kq.launch(x, data, t, engine_cfg).float()
             rows = []
-            for bn in (8, 16, 32):
-                for warps in (4, 8):
-                    for per_sm in (0, 4, 8):  # 0: no split-K
-                        if left() < 15:
-                            out["skipped"] = "time budget"
-                            return out
-                        cfg = kq.launch_config(M, N, K, t, sms, split_k=1 if per_sm == 0 else None, arch=arch,
-                                               block_n=bn, num_warps=warps, per_sm=per_sm or 4)
-                        got = kq.launch(x, data, t, cfg).float()
-                        us = kernel_us(lambda: kq.launch(x, data, t, cfg), reps)
-                        gbs = data.numel() / us / 1e3
-                        rows.append(dict(block_n=bn, num_warps=warps, split_k=cfg["split_k"], us=round(us, 1),
-                                         GB_s=round(gbs, 1), frac_peak=round(gbs / peak_bw, 3) if peak_bw else None,
-                                         max_rel_diff=float(((got - want).abs().max() / want.abs().max()).item())))
+            for int8 in (True, False):  # dp4a on int8 activations, or floats on their dequantized values
+                for bn in (16, 32, 64) if int8 else (8, 16, 32):
+                    for warps in (4, 8):
+                        for per_sm in (0, 4, 8):  # 0: no split-K
+                            if left() < 15:
+                                out["skipped"] = "time budget"
+                                return out
+                            cfg = kq.launch_config(M, N, K, t, sms, split_k=1 if per_sm == 0 else None, arch=arch,
+                                                   block_n=bn, num_warps=warps, per_sm=per_sm or 4, int8=int8)
+                            got = kq.launch(x, data, t, cfg).float()
+                            us = kernel_us(lambda: kq.launch(x, data, t, cfg), reps)
+                            gbs = data.numel() / us / 1e3
+                            rows.append(dict(kernel=cfg["kernel"], block_n=bn, num_warps=warps,
+                                             split_k=cfg["split_k"], us=round(us, 1), GB_s=round(gbs, 1),
+                                             frac_peak=round(gbs / peak_bw, 3) if peak_bw else None,
+                                             max_rel_diff=float(((got - want).abs().max() / want.abs().max()).item())))
             us = kernel_us(lambda: kq.launch(x, data, t, engine_cfg), reps)
             gbs = data.numel() / us / 1e3
-            default = dict(block_n=engine_cfg["BLOCK_N"], num_warps=engine_cfg["options"]["num_warps"],
+            default = dict(kernel=engine_cfg["kernel"], block_n=engine_cfg["BLOCK_N"],
+                           num_warps=engine_cfg["options"]["num_warps"],
                            split_k=engine_cfg["split_k"],
                            us=round(us, 1), GB_s=round(gbs, 1), frac_peak=round(gbs / peak_bw, 3) if peak_bw else None)
             out[f"{name}_M{M}"] = {"N": N, "K": K, "default": default, "best": max(rows, key=lambda r: r["GB_s"]),
                                    "configs": rows}
-        del data
+            group = kq.act_group(t)
+            out[f"{name}_M{M}"]["quantize_us"] = round(kernel_us(lambda: quantize_rows(x, group), reps), 1)
+        x = 0.1 * torch.randn(prefill_rows, K, device=DEVICE, dtype=torch.float16, generator=gen)
+        engine_cfg = kq.launch_config(prefill_rows, N, K, t, sms, arch=arch)
+        want = kq.launch(x, data, t, engine_cfg).float()
+        tiles = {"default": None, **GEMM_TILES}
+        res = out[f"{name}_prefill"] = {"M": prefill_rows, "N": N, "K": K, "default_rows": engine_cfg["BLOCK_M"]}
+        for label, tile in tiles.items():
+            if left() < 15:
+                out["skipped"] = "time budget"
+                return out
+            try:
+                cfg = kq.launch_config(prefill_rows, N, K, t, sms, arch=arch, gemm_tile=tile)
+                got = kq.launch(x, data, t, cfg).float()
+                us = kernel_us(lambda: kq.launch(x, data, t, cfg), max(3, reps // 4))
+            except Exception as e:  # a tile this GPU cannot launch (shared memory) is a result
+                res[label] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                continue
+            tf = 2 * prefill_rows * N * K / us / 1e6
+            res[label] = dict(us=round(us, 1), TFLOPs=round(tf, 1), frac_peak=round(tf / peak_tf, 3) if peak_tf else None,
+                              max_rel_diff=float(((got - want).abs().max() / want.abs().max()).item()))
+        del data, x
     return out
 
 
@@ -399,7 +432,7 @@ def main() -> None:
     for qtype in types:  # last: it only informs the next tuning
         if "sweep" in wanted:
             try:
-                result["types"][qtype]["sweep"] = matmul_sweep(qtype, peak_bw, left)
+                result["types"][qtype]["sweep"] = matmul_sweep(qtype, peak_bw, left, peak_tf=peak_tf)
             except Exception as e:
                 result["types"][qtype]["sweep"] = {"error": f"{type(e).__name__}: {e}"}
             torch.cuda.empty_cache()

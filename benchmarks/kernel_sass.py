@@ -35,6 +35,8 @@ GPUS = {"H200": (132, 1.98, 4800, 989), "H100": (132, 1.98, 3350, 989), "A100": 
 # LoopCoder-V2's decode matmuls: (name, N, K)
 SHAPES = [("qkv", 5120 + 2 * 1024, 5120), ("wo", 5120, 5120), ("gate_up", 2 * 27648, 5120),
           ("down", 5120, 27648), ("head", 76800, 5120)]
+# shared memory one block may take, by compute capability (CUDA's per-block opt-in maximum)
+SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 30: "BF16"}
 TYPE_NAMES.update({t | 0x100: TYPE_NAMES[t] + "-planar" for t in (2, 8, 14)})
 
@@ -121,6 +123,7 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
     from loopcli.kernels import flash_attention as fa
     from loopcli.kernels import gswa_decode as gd
     from loopcli.kernels import qmatmul as kq
+    from loopcli.kernels.qmatmul_int8 import QUANT_BLOCK, _quantize_kernel
     from loopcli.kernels.rms_norm import _rms_kernel
     from loopcli.kernels.rope import _rope_kernel
     from loopcli.kernels.swiglu import _swiglu_kernel
@@ -133,6 +136,15 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
                 yield dict(name=f"qmatmul {TYPE_NAMES[t]} M={M} {shape}", kernel="qmatmul", type=TYPE_NAMES[t],
                            M=M, N=N, K=K, shape=shape, config=cfg, fn=fn, sig=sig, values=values, consts=consts,
                            options=options, weights_per_iter=cfg["weights_per_iter"])
+    quant = {"x_ptr": "*fp16", "q_ptr": "*i8", "d_ptr": "*fp32", "s_ptr": "*i32", "K": "i32", "stride_x": "i32",
+             "stride_q": "i32"}
+    for group in (32, 256):  # the activations' int8 quantizer (decode), and its dequantized form (prefill)
+        for dequant in (False, True):
+            sig = {**quant, "q_ptr": "*fp16"} if dequant else quant
+            yield dict(name=f"quantize group={group} dequant={dequant}", kernel="quantize", fn=_quantize_kernel,
+                       sig=sig, values=dict(K=5120, stride_x=5120, stride_q=5120),
+                       consts=dict(G=group, BLOCK=QUANT_BLOCK, DEQUANT=dequant),
+                       options=dict(num_warps=4, enable_fp_fusion=False))
     hd, nh, nkv, R, ring = 128, 40, 8, 2, 65
     G = nh // nkv
     i32 = lambda *names: {n: "i32" for n in names}
@@ -200,13 +212,14 @@ def measure(launch: dict, arch: int, gpu: tuple) -> dict:
     st = sass_stats(compiled.asm["cubin"])
     out = {k: v for k, v in launch.items() if k not in ("fn", "sig", "values", "consts", "weights_per_iter")}
     out.update({k: v for k, v in st.items() if not k.startswith("_")})
+    out["shared_bytes"] = compiled.metadata.shared  # a launch asking more than the SM has fails
     if launch.get("weights_per_iter") and st["loop_instrs"]:
         sms, ghz, bw, tflops = gpu
         per_thread = launch["weights_per_iter"] / (launch["options"]["num_warps"] * 32)
         ipw = st["loop_instrs"] / per_thread
         issue_rate = 4 * 32 * sms * ghz * 1e9 / ipw  # weight values a second the SMs can issue for
         out["instrs_per_weight"] = round(ipw, 2)
-        if launch["config"]["kernel"] == "qmv":  # against the bandwidth that feeds that many weights
+        if launch["config"]["kernel"] in ("qmv", "qmv8"):  # against the bandwidth that feeds that many weights
             n, size = next((v for k, v in kq.BLOCKS.items() if TYPE_NAMES[k] == launch["type"]))
             out["issue_ceiling"] = round(issue_rate * size / n / (bw * 1e9), 2)
         else:  # the GEMM: each weight value dequantized once per BLOCK_M rows, 2 flops a row
@@ -279,9 +292,12 @@ def main(argv=None) -> int:
         out["kernels"].append(e)
         extra = f" instr/weight={e['instrs_per_weight']} ceiling={e['issue_ceiling']}" if "issue_ceiling" in e else ""
         print(f"{e['name']:34} regs={e['regs']} stack={e['stack_bytes']} spills={e['spill_instrs']} "
+              f"shared={e['shared_bytes']} "
               f"loop={e['loop_instrs']}{extra}", file=sys.stderr)
     out["failed"] = [e["name"] for e in out["kernels"] if "error" in e]
     out["spilling"] = [e["name"] for e in out["kernels"] if e.get("spill_instrs")]
+    out["shared_limit"] = SHARED[args.arch]
+    out["over_shared"] = [e["name"] for e in out["kernels"] if e.get("shared_bytes", 0) > SHARED[args.arch]]
     text = json.dumps(out, indent=1)
     if args.out:  # written whole or not at all
         try:

@@ -13,14 +13,20 @@ which allows no wide loads; the engine keeps them "planar" (`to_planar`, type id
 each row's quants, then its scales, then its f16 factors, each a contiguous plane, the row
 padded to 16 bytes. The same bytes, rearranged once at load; the kernels read both layouts.
 
-Two kernels: decode (M = batch x R <= DECODE_ROWS rows: multiply-and-add per value, the rows
-held by each thread, split-K when the weight rows alone give too few programs) and prefill
-(`tl.dot` GEMM tiles, tensor cores for f16/bf16 activations).
+Activations meeting quantized weights are quantized to int8 first, as the CPU kernel and
+llama.cpp do (`qmatmul_int8`: per 32 values, 256 for the K formats); float weights meet x as
+it is. Three kernels: decode on int8 dot products (M = batch x R <= DECODE_ROWS rows, weights
+whose quants are 4-byte aligned: `qmatmul_int8._qmv8_kernel`), decode on floats (the other
+weights: multiply-and-add per value, the rows held by each thread), both with split-K when
+the weight rows alone give too few programs, and prefill (`tl.dot` GEMM tiles on the
+dequantized activations, tensor cores for f16/bf16).
 """
 
 import torch
 
 from ._triton import cdiv, interpreting, jit, next_pow2, tl, triton_ok
+from .qmatmul_int8 import (GROUP, _f16, _f16_masked, _kscale, _qmv8_kernel, dequantize_rows_torch, launch_qmv8,
+                           quantize_rows)
 
 # GGML type ids (gguf.GGMLQuantizationType) -> (values per block, bytes per block)
 F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 8, 12, 13, 14, 30
@@ -32,6 +38,12 @@ PLANES = {Q8_0: [(2, 34), (0, 2)], Q4_0: [(2, 18), (0, 2)], Q6_K: [(0, 128), (12
 BLOCKS.update({t | PLANAR: BLOCKS[t] for t in PLANES})
 TYPES = tuple(t for t in BLOCKS if not t & PLANAR)
 DECODE_ROWS = 4  # up to this many activation rows: the GEMV-like kernel
+INT8 = (Q4_K, Q5_K, Q6_K | PLANAR, Q8_0 | PLANAR, Q4_0 | PLANAR)  # decode on dp4a: quants 4-byte aligned
+
+
+def act_group(ggml_type: int) -> int | None:
+    """Activation values per int8 scale for this weight type; None: x is used as it is."""
+    return GROUP.get(ggml_type & ~PLANAR)
 
 
 def columns(data: torch.Tensor, ggml_type: int) -> int:
@@ -122,8 +134,12 @@ def dequantize_torch(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
 
 
 def qmatmul_torch(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | None = None) -> torch.Tensor:
-    """Dequantize, then matmul (in x's dtype). `split_k` is accepted for the same signature."""
-    _check(x, data, ggml_type)
+    """Quantize x to int8 and back (quantized weights), dequantize W, matmul (in x's dtype).
+    `split_k` is accepted for the same signature."""
+    K = _check(x, data, ggml_type)
+    group = act_group(ggml_type)
+    if group:
+        x = dequantize_rows_torch(x.reshape(-1, K), group).reshape(x.shape)
     return x @ dequantize_torch(data, ggml_type).to(x.dtype).T
 
 
@@ -138,32 +154,10 @@ def qmatmul_torch(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: 
 # quarter of the rate), one multiply-add for its scale and one per activation row.
 
 @jit
-def _f16(ptr):
-    return tl.load(ptr.to(tl.pointer_type(tl.float16))).to(tl.float32)
-
-
-@jit
-def _f16_masked(ptr, mask):
-    return tl.load(ptr.to(tl.pointer_type(tl.float16)), mask=mask, other=0.0).to(tl.float32)
-
-
-@jit
 def _u4f(q, offset: tl.constexpr):
     """int32 q in [0, 2^23) -> float32 q - offset, exactly, without a conversion instruction
     (the bits of 2^23 + q as a float, minus 2^23 + offset: one add)."""
     return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + offset)
-
-
-@jit
-def _kscale(blk, j):
-    """Q4_K / Q5_K: 6-bit scale and min of sub-blocks j (int32 tensor) of blocks `blk`."""
-    a = tl.load(blk + 4 + j).to(tl.int32)
-    b = tl.load(blk + 8 + j).to(tl.int32)
-    c = tl.load(blk + tl.where(j >= 4, j, 4)).to(tl.int32)  # byte j - 4 + 4 for j >= 4
-    low = j < 4
-    sc = tl.where(low, a & 63, (b & 15) | ((c >> 2) & 48))
-    mn = tl.where(low, b & 63, (b >> 4) | ((a >> 2) & 48))
-    return _u4f(sc, 0.0), _u4f(mn, 0.0)
 
 
 @jit
@@ -185,6 +179,7 @@ def _part(row, s, K, P: tl.constexpr, TYPE: tl.constexpr, U: tl.constexpr, V: tl
         if TYPE == 13:  # qh[v] holds bit 4 of value v of every sub-block; read at the tile's shape
             qi = qi | (((tl.load(blk + 16 + v + 0 * u).to(tl.int32) >> (2 * u + P)) & 1) << 4)
         sc, mn = _kscale(blk, 2 * u + P)
+        sc, mn = _u4f(sc, 0.0), _u4f(mn, 0.0)
         q = _u4f(qi, 0.0)
         d = _f16(blk) * sc
         m = _f16(blk + 2) * mn
@@ -330,8 +325,12 @@ PARTS = {Q4_K: (4, 32), Q5_K: (4, 32), Q6_K: (8, 16), Q4_0: (8, 16)}  # (U, V); 
 PARTS.update({t | PLANAR: PARTS.get(t, (4, 32)) for t in PLANES})
 
 
-# the GEMM's activation rows per tile and launch options, by compute capability (0: the rest)
-GEMM_TILE = {90: (128, dict(num_warps=8)), 0: (32, dict(num_warps=4, num_stages=2))}
+# the GEMM's activation rows per tile and launch options, by compute capability (0: the rest):
+# each weight value is dequantized once per tile of rows, so more rows spend fewer instructions
+# a flop. Hopper: 256 rows in two pipeline stages (three need 280 KB of shared memory), but
+# Q5_K, Q6_K and float weights spill registers at 256 rows and keep 128 in three stages.
+GEMM_TILE = {90: (256, dict(num_warps=8, num_stages=2)), 0: (32, dict(num_warps=4, num_stages=2))}
+GEMM_TILE_HOPPER_SMALL = (128, dict(num_warps=8, num_stages=3))
 
 
 def _sm_count(device: torch.device) -> int:
@@ -347,16 +346,25 @@ def _arch(device: torch.device) -> int:
 
 def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int | None = None,
                   interpret: bool = False, arch: int = 90, block_n: int | None = None,
-                  num_warps: int | None = None, per_sm: int = 4) -> dict:
+                  num_warps: int | None = None, per_sm: int = 4, int8: bool = True,
+                  gemm_tile: tuple | None = None) -> dict:
     """The kernel, tile sizes and grid for an [M, K] x [N, K]^T product on `sms` SMs of
     compute capability `arch` (x 10). benchmarks/kernel_sass.py compiles exactly what this
-    says; benchmarks/gpu.py times the decode kernel's other choices too (`block_n`,
-    `num_warps`, `per_sm`: the programs per SM that split-K aims for)."""
+    says; benchmarks/gpu.py times the decode kernels' other choices too (`block_n`,
+    `num_warps`, `per_sm`: the programs per SM that split-K aims for; `int8=False`: the float
+    decode kernel on the dequantized activations where dp4a would do), and the GEMM's
+    (`gemm_tile`: (rows, launch options) as in GEMM_TILE)."""
     if M <= DECODE_ROWS:
         BM = next_pow2(M)
-        BN = block_n or (max(8, 32 // BM) if not interpret else min(64, next_pow2(N)))
-        if ggml_type & ~PLANAR == Q6_K and not (block_n or interpret):
-            BN = min(BN, 16)  # 32 rows of Q6_K spill registers
+        kernel = "qmv8" if int8 and ggml_type in INT8 else "qmv"
+        if interpret:
+            BN = block_n or min(64, next_pow2(N))
+        elif kernel == "qmv8":  # a thread's share of a span's words outweighs its scale reads from 8 on
+            BN = block_n or (64 if BM == 1 else 32)
+        else:
+            BN = block_n or max(8, 32 // BM)
+            if ggml_type & ~PLANAR == Q6_K and not block_n:
+                BN = min(BN, 16)  # 32 rows of Q6_K spill registers
         U, V = PARTS.get(ggml_type, (4, 32))
         spans = cdiv(K, 256)
         programs = cdiv(N, BN)
@@ -364,7 +372,7 @@ def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int
             split_k = max(1, min(cdiv(per_sm * sms, programs), spans // 4))
         per = cdiv(spans, split_k)
         split_k = cdiv(spans, per)
-        return dict(kernel="qmv", BLOCK_M=BM, BLOCK_N=BN, U=U, V=V, spans_per_split=per, split_k=split_k,
+        return dict(kernel=kernel, BLOCK_M=BM, BLOCK_N=BN, U=U, V=V, spans_per_split=per, split_k=split_k,
                     EVEN=K % 256 == 0, grid=(programs, split_k), options=dict(num_warps=num_warps or 4),
                     weights_per_iter=BN * 256)
     U, V = PARTS.get(ggml_type, (4, 32))
@@ -372,6 +380,9 @@ def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int
         BM, BN, options = min(256, next_pow2(M)), min(256, next_pow2(N)), dict(num_warps=4)
     else:  # tiles that fit the registers without spilling (tests/kernels/test_cuda_compile.py)
         rows, options = GEMM_TILE.get(arch, GEMM_TILE[0])
+        if arch == 90 and (act_group(ggml_type) is None or ggml_type & ~PLANAR in (Q5_K, Q6_K)):
+            rows, options = GEMM_TILE_HOPPER_SMALL
+        rows, options = gemm_tile or (rows, options)
         BN = 16 if arch < 90 and ggml_type & ~PLANAR == Q6_K else 32  # Q6_K spills at 32 before Hopper
         BM = max(16, min(rows, next_pow2(M)))
     return dict(kernel="qmm", BLOCK_M=BM, BLOCK_N=BN, U=U, V=V, split_k=1, EVEN=K % 256 == 0,
@@ -387,6 +398,13 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
     args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{ydtype}", "M": "i32", "N": "i32", "K": "i32",
             "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32"}
     values = dict(M=M, N=N, K=K, stride_xm=K, stride_ym=N, row_bytes=bytes_per_row(ggml_type, K))
+    if cfg["kernel"] == "qmv8":
+        args = {"xq_ptr": "*i8", "xd_ptr": "*fp32", "xs_ptr": "*i32", "w_ptr": "*u8", "y_ptr": f"*{ydtype}",
+                "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32", "row_bytes": "i32", "spans_per_split": "i32"}
+        values["spans_per_split"] = cfg["spans_per_split"]
+        del values["stride_xm"]
+        consts = dict(TYPE=ggml_type, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLIT=split, ASM=True)
+        return _qmv8_kernel, args, values, consts, cfg["options"]
     if cfg["kernel"] == "qmv":
         args["spans_per_split"] = "i32"
         values["spans_per_split"] = cfg["spans_per_split"]
@@ -422,6 +440,12 @@ def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict) -> t
     split = cfg["split_k"]
     y = torch.empty((split, M, N) if split > 1 else (M, N), dtype=torch.float32 if split > 1 else x2.dtype,
                     device=x2.device)
+    group = act_group(ggml_type)
+    if cfg["kernel"] == "qmv8":
+        launch_qmv8(x2, data, ggml_type, cfg, y)
+        return (y.sum(0) if split > 1 else y).to(x2.dtype)
+    if group:  # the values the int8 kernel would see, as floats
+        x2 = quantize_rows(x2, group, dequant=True)
     if cfg["kernel"] == "qmv":
         _qmv_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(-2), data.stride(0),
                                  cfg["spans_per_split"], TYPE=ggml_type, U=cfg["U"], V=cfg["V"],

@@ -58,10 +58,19 @@ def test_llama_cpp_reads_the_r1_gguf_it_writes(gpu, monkeypatch):
 
 def test_the_matmul_sweep_runs_every_tile_choice_and_checks_it(gpu, monkeypatch):
     monkeypatch.setattr(gpu, "SWEEP_SHAPES", [("tiny", 24, 2048), ("other", 16, 2048)])
-    out = gpu.matmul_sweep("q8_0", 100.0, lambda: 1e9, reps=1)  # planar, as the engine keeps it
+    out = gpu.matmul_sweep("q8_0", 100.0, lambda: 1e9, reps=1, peak_tf=1.0, prefill_rows=24)  # planar, as kept
     for key in ("tiny_M1", "tiny_M2", "other_M1", "other_M2"):
         res = out[key]
-        assert len(res["configs"]) == 18 and res["default"]["us"] > 0
+        assert len(res["configs"]) == 36 and res["default"]["us"] > 0
+        assert {c["kernel"] for c in res["configs"]} == {"qmv8", "qmv"} and res["default"]["kernel"] == "qmv8"
         assert {c["split_k"] for c in res["configs"]} == {1, 2}  # with and without split-K
-        assert max(c["max_rel_diff"] for c in res["configs"]) < 1e-5  # f32 sums of f16 inputs, any order
+        # the same int8 activations, summed as integers or as floats in any order, rounded to
+        # f16: at most a rounding step apart (2^-11), not a quantization step (~1e-2)
+        assert max(c["max_rel_diff"] for c in res["configs"]) < 1e-3
+        assert res["quantize_us"] > 0
+    for key in ("tiny_prefill", "other_prefill"):
+        res = out[key]
+        assert set(res) >= {"default", *gpu.GEMM_TILES} and res["M"] == 24
+        for label in ("default", *gpu.GEMM_TILES):  # every tile launches in the interpreter
+            assert res[label]["us"] > 0 and res[label]["max_rel_diff"] < 1e-3, (label, res[label])
     assert gpu.matmul_sweep("q4_k_m", 100.0, lambda: 0.0, reps=1) == {"skipped": "time budget"}

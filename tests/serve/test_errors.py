@@ -97,7 +97,8 @@ def test_a_full_queue_answers_429_with_retry_after(models, monkeypatch):
     server = load_server(models["confident"], ctx=512, parallel=1, queue=1, name="tiny", threads=1)
     try:
         with running(server) as url, httpx.Client(timeout=TIMEOUT) as http:
-            body = {"model": "tiny", "prompt": "a", "max_tokens": 40, "stream": True}
+            # greedy: a sampled end token at the first step would free the slot before the gate
+            body = {"model": "tiny", "prompt": "a", "max_tokens": 40, "stream": True, "temperature": 0}
             with http.stream("POST", url + "/v1/completions", json=body) as first, \
                     http.stream("POST", url + "/v1/completions", json=body) as second:
                 deadline = time.monotonic() + TIMEOUT
