@@ -183,12 +183,13 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
                    consts=dict(HD=hd, BLOCK_T=64, BLOCK_S=64, INDEX_POS=not two, INDEX_POS2=True, TWO=two,
                                HAS_WINDOW=window))
     H = 5120
-    rms = {"x_ptr": "*fp16", "r_ptr": "*fp16", "w_ptr": "*fp16", "y_ptr": "*fp16", "h_ptr": "*fp16",
-           **i32("H", "stride_x", "stride_r", "stride_y", "stride_h"), "eps": "fp32"}
-    for residual in (False, True):
-        yield dict(name=f"rms_norm residual={residual}", kernel="rms_norm", fn=_rms_kernel, sig=rms,
-                   values=dict(H=H, stride_x=H, stride_r=H, stride_y=H, stride_h=H), options=dict(num_warps=8),
-                   consts=dict(BLOCK=8192, RESIDUAL=residual))
+    rms = {"x_ptr": "*fp16", "r_ptr": "*fp16", "w_ptr": "*fp16", "y_ptr": "*fp16", "h_ptr": "*fp16", "q_ptr": "*i8",
+           "d_ptr": "*fp32", "s_ptr": "*i32", **i32("H", "stride_x", "stride_r", "stride_y", "stride_h"), "eps": "fp32"}
+    for residual, group in ((False, 0), (True, 0), (False, 256), (True, 32)):  # group: y's int8 form too
+        yield dict(name=f"rms_norm residual={residual} int8={group}", kernel="rms_norm", fn=_rms_kernel, sig=rms,
+                   values=dict(H=H, stride_x=H, stride_r=H, stride_y=H, stride_h=H),
+                   options=dict(num_warps=8, enable_fp_fusion=not group),
+                   consts=dict(BLOCK=8192, RESIDUAL=residual, GROUP=group))
     rope = {"x_ptr": "*fp16", "c_ptr": "*fp16", "s_ptr": "*fp16", "y_ptr": "*fp16",
             **i32("NH", "stride_xs", "stride_xh", "stride_ys", "stride_yh", "stride_c")}
     for inter in (False, True):
@@ -197,9 +198,12 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
                                stride_yh=hd, stride_c=hd // 2),
                    consts=dict(HALF=hd // 2, BLOCK_H=16, INTERLEAVED=inter))
     FF = 27648
-    yield dict(name="swiglu", kernel="swiglu", fn=_swiglu_kernel, options=dict(num_warps=4),
-               sig={"gu_ptr": "*fp16", "y_ptr": "*fp16", **i32("FF", "stride_gu", "stride_y")},
-               values=dict(FF=FF, stride_gu=2 * FF, stride_y=FF), consts=dict(BLOCK=1024))
+    for group in (0, 256):
+        yield dict(name=f"swiglu int8={group}", kernel="swiglu", fn=_swiglu_kernel,
+                   options=dict(num_warps=4, enable_fp_fusion=not group),
+                   sig={"gu_ptr": "*fp16", "y_ptr": "*fp16", "q_ptr": "*i8", "d_ptr": "*fp32", "s_ptr": "*i32",
+                        **i32("FF", "stride_gu", "stride_y")},
+                   values=dict(FF=FF, stride_gu=2 * FF, stride_y=FF), consts=dict(BLOCK=1024, GROUP=group))
 
 
 def measure(launch: dict, arch: int, gpu: tuple) -> dict:

@@ -25,8 +25,8 @@ dequantized activations, tensor cores for f16/bf16).
 import torch
 
 from ._triton import cdiv, interpreting, jit, next_pow2, tl, triton_ok
-from .qmatmul_int8 import (GROUP, _f16, _f16_masked, _kscale, _qmv8_kernel, dequantize_rows_torch, launch_qmv8,
-                           quantize_rows)
+from .qmatmul_int8 import (GROUP, Int8Rows, _f16, _f16_masked, _kscale, _qmv8_kernel, dequantize_rows_torch,
+                           launch_qmv8, quantize_rows)
 
 # GGML type ids (gguf.GGMLQuantizationType) -> (values per block, bytes per block)
 F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 8, 12, 13, 14, 30
@@ -416,11 +416,13 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
     return _qmm_kernel, args, values, consts, cfg["options"]
 
 
-def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | None = None) -> torch.Tensor:
+def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | None = None,
+            int8: Int8Rows | None = None) -> torch.Tensor:
     """x [..., K] @ W.T -> [..., N] in x's dtype, W read from its GGUF bytes `data`.
 
     `split_k`: K ranges whose partial sums are added after (decode, in a fixed order: the
-    same inputs give the same bits); None chooses from the device's size.
+    same inputs give the same bits); None chooses from the device's size. `int8`: x's int8
+    form when its producer made it (the dp4a decode kernel then quantizes nothing itself).
     """
     K = _check(x, data, ggml_type)
     if not triton_ok(x):
@@ -431,10 +433,10 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
         x2 = x2.contiguous()
     M, N = x2.shape[0], data.shape[0]
     cfg = launch_config(M, N, K, ggml_type, _sm_count(x.device), split_k, interpreting(), _arch(x.device))
-    return launch(x2, data, ggml_type, cfg).reshape(*lead, N)
+    return launch(x2, data, ggml_type, cfg, int8).reshape(*lead, N)
 
 
-def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict) -> torch.Tensor:
+def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, int8: Int8Rows | None = None):
     """Run a `launch_config` on x2 [M, K] (unit stride along K) -> [M, N] in x2's dtype."""
     (M, K), N = x2.shape, data.shape[0]
     split = cfg["split_k"]
@@ -442,7 +444,7 @@ def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict) -> t
                     device=x2.device)
     group = act_group(ggml_type)
     if cfg["kernel"] == "qmv8":
-        launch_qmv8(x2, data, ggml_type, cfg, y)
+        launch_qmv8(x2, data, ggml_type, cfg, y, int8)
         return (y.sum(0) if split > 1 else y).to(x2.dtype)
     if group:  # the values the int8 kernel would see, as floats
         x2 = quantize_rows(x2, group, dequant=True)

@@ -13,12 +13,37 @@ scales included), so a 32-bit word of quants costs a few instructions instead of
 value. Under the interpreter (no PTX) dp4a is the same sum in plain integer ops.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from ._triton import cdiv, interpreting, jit, tl
 
 GROUP = {2: 32, 8: 32, 12: 256, 13: 256, 14: 256}  # activation values per scale, by base weight type
 QUANT_BLOCK = 1024  # activation values per quantizer program (a multiple of 256)
+
+
+class Int8Rows(NamedTuple):
+    """Activations [M, K] in int8 form: values, f32 scale per `group`, int32 sum of every 16.
+    A producer kernel (RMSNorm, SwiGLU) can fill one for the matmul that follows it, which then
+    needs no quantizer launch of its own."""
+    q: torch.Tensor
+    d: torch.Tensor
+    s: torch.Tensor
+    group: int
+
+    @staticmethod
+    def empty(M: int, K: int, group: int, device) -> "Int8Rows":
+        if K % group:
+            raise ValueError(f"int8 activations: {K} values a row is not a multiple of the group {group}")
+        return Int8Rows(torch.empty((M, K), dtype=torch.int8, device=device),
+                        torch.empty((M, K // group), dtype=torch.float32, device=device),
+                        torch.empty((M, K // 16), dtype=torch.int32, device=device), group)
+
+    def fill_torch(self, x: torch.Tensor) -> None:
+        """The torch twins' way to fill it: `quantize_rows_torch` of x [M, K]."""
+        for out, val in zip(self[:3], quantize_rows_torch(x.reshape(self.q.shape), self.group)):
+            out.copy_(val)
 
 
 def quantize_rows_torch(x: torch.Tensor, group: int):
@@ -40,28 +65,43 @@ def dequantize_rows_torch(x: torch.Tensor, group: int) -> torch.Tensor:
 
 
 @jit
-def _quantize_kernel(x_ptr, q_ptr, d_ptr, s_ptr, K, stride_x, stride_q, G: tl.constexpr, BLOCK: tl.constexpr,
-                     DEQUANT: tl.constexpr):
-    """One row's BLOCK values: DEQUANT writes q * d in x's dtype to q_ptr, else the int8 values,
-    the scales (d_ptr) and the sums of every 16 (s_ptr). Launched without FMA contraction: the
-    product is rounded before the rounding to an integer, as on the CPU."""
-    r, b = tl.program_id(0), tl.program_id(1)
-    g = tl.arange(0, BLOCK // G)
-    k = b * BLOCK + g[:, None] * G + tl.arange(0, G)[None, :]
-    ok = k < K
-    x = tl.load(x_ptr + r * stride_x + k, mask=ok, other=0.0).to(tl.float32)
+def _quantize_groups(x, G: tl.constexpr):
+    """x f32 [NG, G] -> (int32 values [NG, G], f32 scales [NG]); the caller launches without
+    FMA contraction (the product is rounded before the rounding to an integer, as on the CPU)."""
     d = tl.math.div_rn(tl.max(tl.abs(x), axis=1), 127.0)
     inv = tl.where(d > 0, tl.math.div_rn(tl.full(d.shape, 1.0, tl.float32), tl.where(d > 0, d, 1.0)), 0.0)
     # round half to even: adding 1.5 * 2^23 leaves the integer in the low mantissa bits
-    q = (x * inv[:, None] + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+    return (x * inv[:, None] + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000, d
+
+
+@jit
+def _store_int8(x, k0, r, K, q_ptr, d_ptr, s_ptr, G: tl.constexpr, BLOCK: tl.constexpr):
+    """Quantize x f32 [BLOCK] (row r's values k0 .. k0 + BLOCK; past K ignored) into an
+    `Int8Rows` (k0 a multiple of G and 16)."""
+    g = tl.arange(0, BLOCK // G)
+    k = k0 + g[:, None] * G + tl.arange(0, G)[None, :]
+    q, d = _quantize_groups(tl.reshape(x, (BLOCK // G, G)), G)
+    tl.store(q_ptr + r * K + k, q.to(tl.int8), mask=k < K)
+    gi = k0 // G + g
+    tl.store(d_ptr + r * (K // G) + gi, d, mask=gi * G < K)
+    si = k0 // 16 + tl.arange(0, BLOCK // 16)
+    tl.store(s_ptr + r * (K // 16) + si, tl.sum(tl.reshape(q, (BLOCK // 16, 16)), axis=1), mask=si * 16 < K)
+
+
+@jit
+def _quantize_kernel(x_ptr, q_ptr, d_ptr, s_ptr, K, stride_x, stride_q, G: tl.constexpr, BLOCK: tl.constexpr,
+                     DEQUANT: tl.constexpr):
+    """One row's BLOCK values: DEQUANT writes q * d in x's dtype to q_ptr, else the int8 values,
+    the scales (d_ptr) and the sums of every 16 (s_ptr)."""
+    r, b = tl.program_id(0), tl.program_id(1)
+    k = b * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + r * stride_x + k, mask=k < K, other=0.0).to(tl.float32)
     if DEQUANT:
-        tl.store(q_ptr + r * stride_q + k, (q.to(tl.float32) * d[:, None]).to(q_ptr.dtype.element_ty), mask=ok)
+        q, d = _quantize_groups(tl.reshape(x, (BLOCK // G, G)), G)
+        y = tl.reshape(q.to(tl.float32) * d[:, None], (BLOCK,))
+        tl.store(q_ptr + r * stride_q + k, y.to(q_ptr.dtype.element_ty), mask=k < K)
     else:
-        tl.store(q_ptr + r * K + k, q.to(tl.int8), mask=ok)
-        gi = b * (BLOCK // G) + g
-        tl.store(d_ptr + r * (K // G) + gi, d, mask=gi * G < K)
-        si = b * (BLOCK // 16) + tl.arange(0, BLOCK // 16)
-        tl.store(s_ptr + r * (K // 16) + si, tl.sum(tl.reshape(q, (BLOCK // 16, 16)), axis=1), mask=si * 16 < K)
+        _store_int8(x, b * BLOCK, r, K, q_ptr, d_ptr, s_ptr, G, BLOCK)
 
 
 def quantize_rows(x: torch.Tensor, group: int, dequant: bool = False):
@@ -74,11 +114,9 @@ def quantize_rows(x: torch.Tensor, group: int, dequant: bool = False):
         out = torch.empty_like(x)
         _quantize_kernel[grid](x, out, out, out, K, x.stride(0), out.stride(0), DEQUANT=True, **opts)
         return out
-    q = torch.empty((M, K), dtype=torch.int8, device=x.device)
-    d = torch.empty((M, K // group), dtype=torch.float32, device=x.device)
-    s = torch.empty((M, K // 16), dtype=torch.int32, device=x.device)
-    _quantize_kernel[grid](x, q, d, s, K, x.stride(0), K, DEQUANT=False, **opts)
-    return q, d, s
+    rows = Int8Rows.empty(M, K, group, x.device)
+    _quantize_kernel[grid](x, rows.q, rows.d, rows.s, K, x.stride(0), K, DEQUANT=False, **opts)
+    return rows[:3]
 
 
 # ---------------------------------------------------------------------------------- decode
@@ -295,10 +333,14 @@ def _total(acc, off):
     return tl.sum(tl.sum(acc, axis=2), axis=1) - tl.sum(tl.sum(off, axis=2), axis=1)
 
 
-def launch_qmv8(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, y: torch.Tensor) -> None:
-    """Quantize x2 [M, K], then run `_qmv8_kernel` on the launch config `cfg` into y."""
+def launch_qmv8(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, y: torch.Tensor,
+                int8: Int8Rows | None = None) -> None:
+    """Quantize x2 [M, K] (unless `int8` holds it already), then run `_qmv8_kernel` on the
+    launch config `cfg` into y."""
     (M, K), N = x2.shape, data.shape[0]
-    xq, xd, xs = quantize_rows(x2, GROUP[ggml_type & 0xFF])
+    group = GROUP[ggml_type & 0xFF]
+    given = int8 is not None and int8.group == group and int8.q.shape == x2.shape
+    xq, xd, xs = int8[:3] if given else quantize_rows(x2, group)
     _qmv8_kernel[cfg["grid"]](xq, xd, xs, data, y, M, N, K, y.stride(-2), data.stride(0), cfg["spans_per_split"],
                               TYPE=ggml_type, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                               SPLIT=cfg["split_k"] > 1, ASM=not interpreting(), **cfg["options"])

@@ -18,6 +18,8 @@ import torch
 from loopcli.kernels import flash_attention as fa
 from loopcli.kernels import gswa_decode as gd
 from loopcli.kernels import qmatmul as kq
+from loopcli.kernels._triton import triton_ok
+from loopcli.kernels.qmatmul_int8 import Int8Rows
 from loopcli.kernels.rms_norm import rms_norm
 from loopcli.kernels.rope import rope
 from loopcli.kernels.swiglu import swiglu
@@ -36,12 +38,33 @@ class GGUFWeight:
         self.ggml_type, self.data = ggml_type, data
         self.rows, self.cols = data.shape[0], cols
 
-    def linear(self, x: torch.Tensor, tiles: bool = False) -> torch.Tensor:
-        return kq.qmatmul(x, self.data, self.ggml_type)
+    def linear(self, x: torch.Tensor, tiles: bool = False, int8: Int8Rows | None = None) -> torch.Tensor:
+        return kq.qmatmul(x, self.data, self.ggml_type, int8=int8)
+
+    def int8_for(self, x: torch.Tensor) -> Int8Rows | None:
+        """Buffers for the int8 form of this weight's input (x: that input, or anything with its
+        rows) when the matmul runs on dp4a (decode rows, a type it reads so), for the kernel
+        that makes the input to fill: None otherwise."""
+        rows = x.numel() // x.shape[-1]
+        if rows > kq.DECODE_ROWS or self.ggml_type not in kq.INT8 or not triton_ok(x):
+            return None
+        return Int8Rows.empty(rows, self.cols, kq.act_group(self.ggml_type), x.device)
 
     @property
     def nbytes(self) -> int:
         return self.data.numel()
+
+
+def _int8_for(w, x: torch.Tensor) -> Int8Rows | None:
+    return w.int8_for(x) if isinstance(w, GGUFWeight) else None
+
+
+def _linear(x: torch.Tensor, w, bias: torch.Tensor | None, int8: Int8Rows | None) -> torch.Tensor:
+    """qmatmul.linear, handing x's int8 form (made by x's producer) to a GGUFWeight."""
+    if int8 is None:
+        return qmatmul.linear(x, w, bias)
+    y = w.linear(x, int8=int8)
+    return y if bias is None else y + bias
 
 
 class TritonEngine(Engine):
@@ -60,8 +83,9 @@ class TritonEngine(Engine):
     # ------------------------------------------------------------------ forward pieces
     def _project(self, layer: Layer, x: torch.Tensor, cos, sin, tiles: bool):
         cfg = self.cfg
-        a = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-        qkv = qmatmul.linear(a, layer.qkv, layer.qkv_bias)
+        int8 = _int8_for(layer.qkv, x)
+        a = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps, int8=int8)
+        qkv = _linear(a, layer.qkv, layer.qkv_bias, int8)
         S, nh, nkv, hd = x.shape[0], cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         qkv = qkv.view(S, nh + 2 * nkv, hd)
         half = hd // 2
@@ -70,8 +94,11 @@ class TritonEngine(Engine):
 
     def _finish(self, layer: Layer, x: torch.Tensor, y: torch.Tensor, tiles: bool) -> torch.Tensor:
         attn = qmatmul.linear(y.transpose(0, 1).flatten(-2), layer.wo)
-        a, h = rms_norm(attn, layer.ffn_norm, self.cfg.rms_norm_eps, residual=x)
-        return h + qmatmul.linear(swiglu(qmatmul.linear(a, layer.gate_up)), layer.down)
+        int8 = _int8_for(layer.gate_up, attn)
+        a, h = rms_norm(attn, layer.ffn_norm, self.cfg.rms_norm_eps, residual=x, int8=int8)
+        gu = _linear(a, layer.gate_up, None, int8)
+        int8 = _int8_for(layer.down, gu)
+        return h + _linear(swiglu(gu, int8=int8), layer.down, None, int8)
 
     def _final_norm(self, U: torch.Tensor) -> torch.Tensor:
         eps = self.cfg.rms_norm_eps

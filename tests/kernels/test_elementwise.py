@@ -61,3 +61,27 @@ def test_swiglu(dtype, tol):
     gu = randn(3, 2 * 1500, seed=1, dtype=dtype)  # 1500: not a multiple of the 1024 block
     torch.testing.assert_close(swiglu(gu), swiglu_torch(gu), rtol=tol, atol=tol)
     assert swiglu(gu[None]).shape == (1, 3, 1500)
+
+
+@pytest.mark.parametrize("group", [32, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_norm_and_swiglu_write_the_int8_form_of_what_they_return(group, dtype):
+    """The producers' int8 form equals quantizing what they return, bit for bit (the decode
+    matmul that follows reads it instead of quantizing again), and the twins fill it alike."""
+    from loopcli.kernels.qmatmul_int8 import Int8Rows, quantize_rows_torch
+
+    H, FF = 768, 1280 + 256  # not powers of two; FF ends inside a SwiGLU program's 1024 values
+    x, r, w = randn(3, H, seed=1, dtype=dtype), randn(3, H, seed=2, dtype=dtype), randn(H, seed=3, dtype=dtype)
+    gu = randn(3, 2 * FF, seed=4, dtype=dtype)
+    for fn, twin, args, K in ((rms_norm, rms_norm_torch, (x, w, 1e-5), H),
+                              (lambda *a, int8: rms_norm(*a, residual=r, int8=int8)[0],
+                               lambda *a, int8: rms_norm_torch(*a, residual=r, int8=int8)[0], (x, w, 1e-5), H),
+                              (swiglu, swiglu_torch, (gu,), FF)):
+        rows, rows_twin = Int8Rows.empty(3, K, group, DEVICE), Int8Rows.empty(3, K, group, DEVICE)
+        y, y_twin = fn(*args, int8=rows), twin(*args, int8=rows_twin)
+        want = quantize_rows_torch(y, group)
+        assert all(torch.equal(a, b) for a, b in zip(rows[:3], want))
+        assert all(torch.equal(a, b) for a, b in zip(rows_twin[:3], quantize_rows_torch(y_twin, group)))
+        assert rows.q.abs().max() == 127
+    with pytest.raises(ValueError, match="multiple of the group"):
+        Int8Rows.empty(3, 640, 256, DEVICE)
