@@ -9,11 +9,13 @@ all query heads of its KV group (they are the rows of one tile) and writes a par
 per split (flash-decoding). Stage 2 (grid: KV heads x R) merges the splits, runs the ring
 for rows r >= 1 and mixes. The cache length is read from a device tensor and the grid
 depends only on the cache capacity, so a CUDA graph can replay the step at any length.
-The caller writes the step's K/V (loop 0 into the cache, loop r into ring slot t % ring)
-before calling.
+The caller writes the step's K/V first (loop 0 into the cache, loop r into ring slot
+t % ring: `write_step_kv`, one launch) and computes the gate (`step_gate`, one launch:
+RMSNorm, the [nh, H] projection and the sigmoid of the hidden-state gate together).
 """
 
 import torch
+import torch.nn.functional as F
 
 from ._triton import cdiv, jit, next_pow2, tl, triton_ok
 
@@ -177,3 +179,92 @@ def gswa_decode(q, k0, v0, length, ring_k=None, ring_v=None, gate=None, splits=N
                             HD=hd, BLOCK_Q=BQ, BLOCK_G=max(16, next_pow2(G)), BLOCK_RING=max(16, next_pow2(ring)),
                             num_warps=4)
     return y
+
+
+# ------------------------------------------------------------------ the step's K/V and gate
+
+def write_step_kv_torch(k, v, k0, v0, t, ring_k=None, ring_v=None):
+    """k, v [nkv, R, hd]: the step's keys and values of every loop. Loop 0 goes into k0 / v0
+    [nkv, capacity, hd] at position t (int64 tensor [1]), loop r >= 1 into slot t % ring of
+    ring_k / ring_v [R-1, nkv, ring, hd], in the caches' dtype."""
+    k0.index_copy_(1, t, k[:, :1].to(k0.dtype))
+    v0.index_copy_(1, t, v[:, :1].to(v0.dtype))
+    if k.shape[1] > 1:
+        slot = torch.remainder(t, ring_k.shape[2])
+        ring_k.index_copy_(2, slot, k[:, 1:].transpose(0, 1).unsqueeze(2).to(ring_k.dtype))
+        ring_v.index_copy_(2, slot, v[:, 1:].transpose(0, 1).unsqueeze(2).to(ring_v.dtype))
+
+
+@jit
+def _kv_kernel(k_ptr, v_ptr, k0_ptr, v0_ptr, rk_ptr, rv_ptr, t_ptr, RING, stride_kh, stride_kr, stride_vh,
+               stride_vr, stride_0h, stride_0s, stride_1h, stride_1s, stride_rr, stride_rh, stride_rs,
+               stride_wr, stride_wh, stride_ws, HD: tl.constexpr):
+    h, r = tl.program_id(0), tl.program_id(1)
+    d = tl.arange(0, HD)
+    t = tl.load(t_ptr)
+    kk = tl.load(k_ptr + h * stride_kh + r * stride_kr + d)
+    vv = tl.load(v_ptr + h * stride_vh + r * stride_vr + d)
+    if r == 0:
+        tl.store(k0_ptr + h * stride_0h + t * stride_0s + d, kk.to(k0_ptr.dtype.element_ty))
+        tl.store(v0_ptr + h * stride_1h + t * stride_1s + d, vv.to(v0_ptr.dtype.element_ty))
+    else:
+        slot = t % RING
+        tl.store(rk_ptr + (r - 1) * stride_rr + h * stride_rh + slot * stride_rs + d, kk.to(rk_ptr.dtype.element_ty))
+        tl.store(rv_ptr + (r - 1) * stride_wr + h * stride_wh + slot * stride_ws + d, vv.to(rv_ptr.dtype.element_ty))
+
+
+def write_step_kv(k, v, k0, v0, t, ring_k=None, ring_v=None):
+    """The Triton kernel (same signature as `write_step_kv_torch`): one launch for all loops."""
+    nkv, R, hd = k.shape
+    if not triton_ok(k) or hd != next_pow2(hd) or k.stride(-1) != 1 or v.stride(-1) != 1:
+        return write_step_kv_torch(k, v, k0, v0, t, ring_k, ring_v)
+    rk, rv = (ring_k, ring_v) if R > 1 else (k0.unsqueeze(0), v0.unsqueeze(0))  # unused pointers then
+    _kv_kernel[(nkv, R)](k, v, k0, v0, rk, rv, t, rk.shape[2], k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                         k0.stride(0), k0.stride(1), v0.stride(0), v0.stride(1), rk.stride(0), rk.stride(1),
+                         rk.stride(2), rv.stride(0), rv.stride(1), rv.stride(2), HD=hd, num_warps=1)
+
+
+def step_gate_torch(x, norm_w, gate_w, gate_b, eps):
+    """x [S, H]: the pre-norm inputs of loops r >= 1 -> the hidden-state G-SWA gate [S, nh]
+    = sigmoid(gate_w @ rms_norm(x) + gate_b), each step rounded to x's dtype as the engine does."""
+    xf = x.float()
+    n = norm_w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return torch.sigmoid(F.linear(n, gate_w, gate_b))
+
+
+@jit
+def _gate_kernel(x_ptr, nw_ptr, w_ptr, b_ptr, g_ptr, H, NH, stride_x, stride_w, stride_g, eps,
+                 BLOCK_H: tl.constexpr, CHUNK: tl.constexpr):
+    r, hb = tl.program_id(0), tl.program_id(1)
+    offs = tl.arange(0, CHUNK)
+    heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    hin = heads < NH
+    ss = tl.zeros((CHUNK,), dtype=tl.float32)
+    for k in range(0, H, CHUNK):
+        xf = tl.load(x_ptr + r * stride_x + k + offs, mask=k + offs < H, other=0.0).to(tl.float32)
+        ss += xf * xf
+    inv = tl.rsqrt(tl.sum(ss, 0) / H + eps)
+    acc = tl.zeros((BLOCK_H, CHUNK), dtype=tl.float32)
+    for k in range(0, H, CHUNK):
+        inb = k + offs < H
+        x = tl.load(x_ptr + r * stride_x + k + offs, mask=inb, other=0.0)
+        n = tl.load(nw_ptr + k + offs, mask=inb, other=0.0) * (x.to(tl.float32) * inv).to(x.dtype)
+        w = tl.load(w_ptr + heads[:, None] * stride_w + (k + offs)[None, :], mask=hin[:, None] & inb[None, :], other=0.0)
+        acc += w.to(tl.float32) * n.to(tl.float32)[None, :]
+    dt = g_ptr.dtype.element_ty
+    logit = (tl.sum(acc, 1) + tl.load(b_ptr + heads, mask=hin, other=0.0).to(tl.float32)).to(dt)
+    tl.store(g_ptr + r * stride_g + heads, tl.sigmoid(logit.to(tl.float32)).to(dt), mask=hin)
+
+
+def step_gate(x, norm_w, gate_w, gate_b, eps):
+    """The Triton kernel (same signature as `step_gate_torch`): one launch for all rows."""
+    if not triton_ok(x):
+        return step_gate_torch(x, norm_w, gate_w, gate_b, eps)
+    S, H = x.shape
+    NH = gate_w.shape[0]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    g = torch.empty((S, NH), dtype=torch.promote_types(gate_w.dtype, x.dtype), device=x.device)
+    BLOCK_H = 4
+    _gate_kernel[(S, cdiv(NH, BLOCK_H))](x, norm_w, gate_w, gate_b, g, H, NH, x.stride(0), gate_w.stride(0),
+                                        g.stride(0), eps, BLOCK_H=BLOCK_H, CHUNK=512, num_warps=4)
+    return g

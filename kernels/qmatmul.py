@@ -25,8 +25,8 @@ dequantized activations, tensor cores for f16/bf16).
 import torch
 
 from ._triton import cdiv, interpreting, jit, next_pow2, tl, triton_ok
-from .qmatmul_int8 import (GROUP, Int8Rows, _f16, _f16_masked, _kscale, _qmv8_kernel, dequantize_rows_torch,
-                           launch_qmv8, quantize_rows)
+from .qmatmul_int8 import (GROUP, Int8Rows, _f16, _f16_masked, _kscale, _qmv8_kernel, _store_result,
+                           dequantize_rows_torch, launch_qmv8, quantize_rows)
 
 # GGML type ids (gguf.GGMLQuantizationType) -> (values per block, bytes per block)
 F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 8, 12, 13, 14, 30
@@ -252,8 +252,8 @@ def _xrow(xp, k, r, M, K, MASK_K: tl.constexpr):
 
 
 @jit
-def _qmv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes, spans_per_split,
-                TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
+def _qmv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, row_bytes, spans_per_split,
+                splits, TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -284,12 +284,7 @@ def _qmv_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes, s
     if BLOCK_M > 2:
         y += tl.where(offs_m[None, :] == 2, tl.sum(tl.sum(acc2, axis=2), axis=1)[:, None], 0.0)
         y += tl.where(offs_m[None, :] == 3, tl.sum(tl.sum(acc3, axis=2), axis=1)[:, None], 0.0)
-    out = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
-    keep = (offs_m[None, :] < M) & (offs_n[:, None] < N)
-    if SPLIT:  # this K range's partial sums, f32, in its own slice: summed in a fixed order after
-        tl.store(out + pid_k * M * stride_ym, y, mask=keep)
-    else:
-        tl.store(out, y.to(y_ptr.dtype.element_ty), mask=keep)
+    _store_result(y, y_ptr, part_ptr, lock_ptr, M, N, stride_ym, splits, BLOCK_M, BLOCK_N, SPLIT)
 
 
 @jit
@@ -317,6 +312,32 @@ def _qmm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes,
             acc = tl.dot(tl.reshape(x, (BLOCK_M, U * V)), tl.trans(w), acc, input_precision="ieee")
     out = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@jit
+def _rows_kernel(ids_ptr, w_ptr, y_ptr, K, row_bytes, stride_y, TYPE: tl.constexpr, U: tl.constexpr,
+                 V: tl.constexpr):
+    """Row ids[i] of the weight, span s, dequantized into y[i] (an embedding lookup)."""
+    i, s = tl.program_id(0), tl.program_id(1)
+    row = w_ptr + tl.load(ids_ptr + i).to(tl.int64) * row_bytes + tl.zeros((1, 1, 1), dtype=tl.int64)
+    for p in tl.static_range(2):
+        q, d, m, c = _part(row, s, K, p, TYPE, U, V)
+        k = s * 256 + c
+        tl.store(y_ptr + i * stride_y + k, _values(q, d, m, TYPE).to(y_ptr.dtype.element_ty), mask=k < K)
+
+
+def dequantize_rows(data: torch.Tensor, ggml_type: int, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Rows `ids` (int tensor [n], on data's device) of GGUF bytes data -> [n, K] in dtype, in one
+    launch; the twin: `dequantize_torch(data[ids], ggml_type).to(dtype)`."""
+    K = columns(data, ggml_type)
+    ids = ids.reshape(-1)
+    if not triton_ok(data):
+        return dequantize_torch(data[ids], ggml_type).to(dtype)
+    y = torch.empty((ids.numel(), K), dtype=dtype, device=data.device)
+    U, V = PARTS.get(ggml_type, (4, 32))
+    _rows_kernel[(ids.numel(), cdiv(K, 256))](ids, data, y, K, data.stride(0), y.stride(0), TYPE=ggml_type, U=U, V=V,
+                                              num_warps=4)
+    return y
 
 
 # ----------------------------------------------------------------------------- launching
@@ -394,20 +415,23 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
     for compiling ahead of time as a launch would (the int values decide Triton's alignment
     hints)."""
     split = cfg["split_k"] > 1
-    ydtype = "fp32" if split else xdtype
-    args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{ydtype}", "M": "i32", "N": "i32", "K": "i32",
+    args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{xdtype}", "M": "i32", "N": "i32", "K": "i32",
             "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32"}
     values = dict(M=M, N=N, K=K, stride_xm=K, stride_ym=N, row_bytes=bytes_per_row(ggml_type, K))
+    decode = {"part_ptr": "*fp32", "lock_ptr": "*i32"}  # after y_ptr
     if cfg["kernel"] == "qmv8":
-        args = {"xq_ptr": "*i8", "xd_ptr": "*fp32", "xs_ptr": "*i32", "w_ptr": "*u8", "y_ptr": f"*{ydtype}",
-                "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32", "row_bytes": "i32", "spans_per_split": "i32"}
-        values["spans_per_split"] = cfg["spans_per_split"]
+        args = {"xq_ptr": "*i8", "xd_ptr": "*fp32", "xs_ptr": "*i32", "w_ptr": "*u8", "y_ptr": f"*{xdtype}",
+                **decode, "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32", "row_bytes": "i32",
+                "spans_per_split": "i32", "splits": "i32"}
+        values.update(spans_per_split=cfg["spans_per_split"], splits=cfg["split_k"])
         del values["stride_xm"]
         consts = dict(TYPE=ggml_type, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLIT=split, ASM=True)
         return _qmv8_kernel, args, values, consts, cfg["options"]
     if cfg["kernel"] == "qmv":
-        args["spans_per_split"] = "i32"
-        values["spans_per_split"] = cfg["spans_per_split"]
+        args = {**{k: v for k, v in args.items() if k in ("x_ptr", "w_ptr", "y_ptr")}, **decode,
+                **{k: v for k, v in args.items() if k not in ("x_ptr", "w_ptr", "y_ptr")},
+                "spans_per_split": "i32", "splits": "i32"}
+        values.update(spans_per_split=cfg["spans_per_split"], splits=cfg["split_k"])
         consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       EVEN=cfg["EVEN"], SPLIT=split)
         return _qmv_kernel, args, values, consts, cfg["options"]
@@ -420,8 +444,8 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
             int8: Int8Rows | None = None) -> torch.Tensor:
     """x [..., K] @ W.T -> [..., N] in x's dtype, W read from its GGUF bytes `data`.
 
-    `split_k`: K ranges whose partial sums are added after (decode, in a fixed order: the
-    same inputs give the same bits); None chooses from the device's size. `int8`: x's int8
+    `split_k`: K ranges whose partial sums the last of their programs adds (decode, in a
+    fixed order: the same inputs give the same bits); None chooses from the device's size. `int8`: x's int8
     form when its producer made it (the dp4a decode kernel then quantizes nothing itself).
     """
     K = _check(x, data, ggml_type)
@@ -436,25 +460,37 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
     return launch(x2, data, ggml_type, cfg, int8).reshape(*lead, N)
 
 
+_LOCKS: dict = {}  # device -> int32 arrival counters of split-K column tiles, all 0 between launches
+
+
+def _locks(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed counters for n column tiles (each launch leaves them at 0 again)."""
+    have = _LOCKS.get(device)
+    if have is None or have.numel() < n:
+        have = _LOCKS[device] = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
+    return have
+
+
 def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, int8: Int8Rows | None = None):
     """Run a `launch_config` on x2 [M, K] (unit stride along K) -> [M, N] in x2's dtype."""
     (M, K), N = x2.shape, data.shape[0]
     split = cfg["split_k"]
-    y = torch.empty((split, M, N) if split > 1 else (M, N), dtype=torch.float32 if split > 1 else x2.dtype,
-                    device=x2.device)
+    y = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
+    part = torch.empty((split, M, N) if split > 1 else (1,), dtype=torch.float32, device=x2.device)
+    locks = _locks(x2.device, cfg["grid"][0])
     group = act_group(ggml_type)
     if cfg["kernel"] == "qmv8":
-        launch_qmv8(x2, data, ggml_type, cfg, y, int8)
-        return (y.sum(0) if split > 1 else y).to(x2.dtype)
+        launch_qmv8(x2, data, ggml_type, cfg, y, part, locks, int8)
+        return y
     if group:  # the values the int8 kernel would see, as floats
         x2 = quantize_rows(x2, group, dequant=True)
     if cfg["kernel"] == "qmv":
-        _qmv_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(-2), data.stride(0),
-                                 cfg["spans_per_split"], TYPE=ggml_type, U=cfg["U"], V=cfg["V"],
+        _qmv_kernel[cfg["grid"]](x2, data, y, part, locks, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
+                                 cfg["spans_per_split"], split, TYPE=ggml_type, U=cfg["U"], V=cfg["V"],
                                  BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"],
                                  SPLIT=split > 1, **cfg["options"])
     else:
         _qmm_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
                                  TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"],
                                  BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"], **cfg["options"])
-    return (y.sum(0) if split > 1 else y).to(x2.dtype)
+    return y

@@ -45,7 +45,9 @@ def rope(x, cos, sin, interleaved=False):
     if not triton_ok(x) or hd != next_pow2(hd) or hd < 2:
         return rope_torch(x, cos, sin, interleaved)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    cos, sin = cos.expand(S, hd // 2).contiguous(), sin.expand(S, hd // 2).contiguous()  # one row: all positions
+    cos, sin = cos.expand(S, hd // 2), sin.expand(S, hd // 2)  # one row: all positions (stride 0, no copy)
+    if cos.stride() != sin.stride() or cos.stride(-1) != 1:
+        cos, sin = cos.contiguous(), sin.contiguous()
     y = torch.empty(S, nh, hd, dtype=x.dtype, device=x.device)
     BH = min(16, next_pow2(nh))
     _rope_kernel[(S, -(-nh // BH))](x, cos, sin, y, nh, x.stride(0), x.stride(1), y.stride(0), y.stride(1),

@@ -41,14 +41,12 @@ class GGUFWeight:
     def linear(self, x: torch.Tensor, tiles: bool = False, int8: Int8Rows | None = None) -> torch.Tensor:
         return kq.qmatmul(x, self.data, self.ggml_type, int8=int8)
 
-    def int8_for(self, x: torch.Tensor) -> Int8Rows | None:
-        """Buffers for the int8 form of this weight's input (x: that input, or anything with its
-        rows) when the matmul runs on dp4a (decode rows, a type it reads so), for the kernel
-        that makes the input to fill: None otherwise."""
-        rows = x.numel() // x.shape[-1]
-        if rows > kq.DECODE_ROWS or self.ggml_type not in kq.INT8 or not triton_ok(x):
+    def int8_group(self, x: torch.Tensor) -> int | None:
+        """The int8 group of this weight's input x when the matmul runs on dp4a (decode rows,
+        a type it reads so), so that x's producer can write that form: None otherwise."""
+        if x.numel() // x.shape[-1] > kq.DECODE_ROWS or self.ggml_type not in kq.INT8 or not triton_ok(x):
             return None
-        return Int8Rows.empty(rows, self.cols, kq.act_group(self.ggml_type), x.device)
+        return kq.act_group(self.ggml_type)
 
     @property
     def nbytes(self) -> int:
@@ -56,20 +54,45 @@ class GGUFWeight:
 
 
 def _int8_for(w, x: torch.Tensor) -> Int8Rows | None:
-    return w.int8_for(x) if isinstance(w, GGUFWeight) else None
+    """Buffers for the int8 form of w's input (x: that input, or anything with its rows) when
+    every part of w reads it (`GGUFWeight.int8_group`), for the kernel that makes the input
+    to fill: None otherwise."""
+    parts = w.parts if isinstance(w, Stacked) else [w]
+    groups = {p.int8_group(x) if isinstance(p, GGUFWeight) else None for p in parts}
+    if len(groups) != 1 or None in groups:
+        return None
+    return Int8Rows.empty(x.numel() // x.shape[-1], w.cols, groups.pop(), x.device)
 
 
 def _linear(x: torch.Tensor, w, bias: torch.Tensor | None, int8: Int8Rows | None) -> torch.Tensor:
-    """qmatmul.linear, handing x's int8 form (made by x's producer) to a GGUFWeight."""
+    """qmatmul.linear, handing x's int8 form (made by x's producer) to the GGUFWeights."""
     if int8 is None:
         return qmatmul.linear(x, w, bias)
-    y = w.linear(x, int8=int8)
+    parts = w.parts if isinstance(w, Stacked) else [w]
+    y = torch.cat([p.linear(x, int8=int8) for p in parts], -1) if len(parts) > 1 else w.linear(x, int8=int8)
     return y if bias is None else y + bias
+
+
+class KernelRowTable:
+    """The token embedding kept in its file format; looked-up rows are decoded by one kernel
+    launch (`kernels.qmatmul.dequantize_rows`) into the engine's dtype."""
+
+    def __init__(self, raw: Raw, dtype: torch.dtype):
+        self.raw, self.dtype = raw, dtype
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return kq.dequantize_rows(self.raw.data, self.raw.ggml_type, ids, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.data.numel()
 
 
 class TritonEngine(Engine):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.embed.raw.ggml_type in kq.TYPES:
+            self.embed = KernelRowTable(self.embed.raw, self.dtype)
         self.graphs = self.device.type == "cuda"  # capture the decode step
         self._graph = None  # (key, graph, static token, static position, static logits)
 
@@ -134,17 +157,16 @@ class TritonEngine(Engine):
         U = torch.cat([e, cfg.emb_scale * e + cfg.hidden_scale * st.carries]) if R > 1 else e
         cos, sin = self._rope(t)
         length = (t + 1).to(torch.int32)
-        slot = torch.remainder(t, cfg.window + 1)
         for i, layer in enumerate(self.layers):
             q, k, v = self._project(layer, U, cos, sin, tiles=False)  # q [nh, R, hd]
-            st.k0[i].index_copy_(1, t, k[:, :1].to(self.kv_dtype))  # loop-0 K/V first: every row reads it
-            st.v0[i].index_copy_(1, t, v[:, :1].to(self.kv_dtype))
             ring_k = ring_v = gate = None
             if R > 1:
                 ring_k, ring_v = st.ring_k[:, i], st.ring_v[:, i]
-                ring_k.index_copy_(2, slot, k[:, 1:].transpose(0, 1).unsqueeze(2).to(self.kv_dtype))
-                ring_v.index_copy_(2, slot, v[:, 1:].transpose(0, 1).unsqueeze(2).to(self.kv_dtype))
-                gate = self._gate(layer, U[1:], q[:, 1:]).squeeze(-1).t()  # [R-1, nh]
+                if cfg.gate_use_hidden_states and layer.gate_norm is not None:  # one launch
+                    gate = gd.step_gate(U[1:], layer.gate_norm, layer.gate_w, layer.gate_b, cfg.rms_norm_eps)
+                else:
+                    gate = self._gate(layer, U[1:], q[:, 1:]).squeeze(-1).t()  # [R-1, nh]
+            gd.write_step_kv(k, v, st.k0[i], st.v0[i], t, ring_k, ring_v)  # first: every row reads loop 0's
             y = gd.gswa_decode(q.transpose(0, 1), st.k0[i], st.v0[i], length, ring_k, ring_v, gate)
             U = self._finish(layer, U, y.transpose(0, 1), tiles=False)
         Y = self._final_norm(U)

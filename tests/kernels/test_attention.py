@@ -7,7 +7,8 @@ import torch
 from kernel_env import DEVICE, SLOW
 
 from loopcli.kernels.flash_attention import flash_attention, flash_attention_torch
-from loopcli.kernels.gswa_decode import gswa_decode, gswa_decode_torch, ring_positions
+from loopcli.kernels.gswa_decode import (gswa_decode, gswa_decode_torch, ring_positions, step_gate, step_gate_torch,
+                                         write_step_kv, write_step_kv_torch)
 
 HD = 16
 
@@ -110,3 +111,37 @@ def test_gswa_length_from_a_device_tensor():
     close(gswa_decode(q, k0, v0, length, rk, rv, gate), gswa_decode_torch(q, k0, v0, 40, rk, rv, gate))
     length.fill_(7)
     close(gswa_decode(q, k0, v0, length, rk, rv, gate), gswa_decode_torch(q, k0, v0, 7, rk, rv, gate))
+
+
+@pytest.mark.parametrize("R", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_the_step_kv_write_equals_its_twin(R, dtype):
+    """One launch writes loop 0's K/V at position t and each loop r's into its ring slot t % ring
+    (strided views of the projection, f32 rounded into an f16 cache too), nothing else."""
+    nkv, cap, ring = 3, 40, 5
+    qkv = randn(R, 8, HD, seed=1)  # [R, heads, hd]: k and v are strided views, as the engine's
+    k, v = qkv[:, 2:5].transpose(0, 1), qkv[:, 5:8].transpose(0, 1)
+    caches = [randn(nkv, cap, HD, seed=2, dtype=dtype), randn(nkv, cap, HD, seed=3, dtype=dtype),
+              randn(max(R - 1, 1), nkv, ring, HD, seed=4, dtype=dtype), randn(max(R - 1, 1), nkv, ring, HD, seed=5, dtype=dtype)]
+    for t in (0, 7, 39):
+        pos = torch.tensor([t], device=DEVICE)
+        mine, twin = [c.clone() for c in caches], [c.clone() for c in caches]
+        rings = (lambda cs: (cs[2], cs[3]) if R > 1 else (None, None))
+        write_step_kv(k, v, mine[0], mine[1], pos, *rings(mine))
+        write_step_kv_torch(k, v, twin[0], twin[1], pos, *rings(twin))
+        assert all(torch.equal(a, b) for a, b in zip(mine, twin))
+        assert torch.equal(mine[0][:, t], k[:, 0].to(dtype))
+        assert sum((a != b).any(-1).sum().item() for a, b in zip(mine, caches)) <= 2 * nkv * R  # only those rows
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float16, 1e-3)], ids=str)
+def test_the_hidden_state_gate_equals_its_twin(dtype, tol):
+    """RMSNorm, the [nh, H] projection with bias and the sigmoid in one launch; H not a
+    multiple of the kernel's chunk, heads not of its block."""
+    S, H, nh = 3, 1100, 10
+    x, nw = randn(S, H, seed=1, dtype=dtype), randn(H, seed=2, dtype=dtype)
+    w, b = randn(nh, H, seed=3, dtype=dtype) * 0.05, randn(nh, seed=4, dtype=dtype)
+    got, want = step_gate(x, nw, w, b, 1e-6), step_gate_torch(x, nw, w, b, 1e-6)
+    assert got.shape == (S, nh) and got.dtype == dtype
+    assert (got.float() - want.float()).abs().max() <= tol
+    assert 0.05 < got.float().std()  # a gate that varies: the test would see a wrong row or head

@@ -33,6 +33,9 @@ def test_rope_both_layouts(interleaved, heads, hd):
     got = rope(x, ang.cos(), ang.sin(), interleaved)
     torch.testing.assert_close(got, rope_torch(x, ang.cos(), ang.sin(), interleaved), rtol=0, atol=1e-6)
     torch.testing.assert_close(got.norm(dim=-1), x.norm(dim=-1))  # a rotation keeps each pair's length
+    # one row of cos / sin for every position (a decode step's loops share their position)
+    one = rope(x, ang[:1].cos(), ang[:1].sin(), interleaved)
+    torch.testing.assert_close(one, rope_torch(x, ang[:1].cos(), ang[:1].sin(), interleaved), rtol=0, atol=1e-6)
     # a strided input (a view of the q/k/v projection) reads right
     qkv = randn(S, heads * 3, hd, seed=3)
     torch.testing.assert_close(rope(qkv[:, :heads], ang.cos(), ang.sin(), interleaved),

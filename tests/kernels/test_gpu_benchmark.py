@@ -1,6 +1,7 @@
 """benchmarks/gpu.py: refuses cleanly without CUDA; its pieces run at a tiny shape on the CPU."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,24 @@ def test_the_matmul_sweep_runs_every_tile_choice_and_checks_it(gpu, monkeypatch)
         for label in ("default", *gpu.GEMM_TILES):  # every tile launches in the interpreter
             assert res[label]["us"] > 0 and res[label]["max_rel_diff"] < 1e-3, (label, res[label])
     assert gpu.matmul_sweep("q4_k_m", 100.0, lambda: 0.0, reps=1) == {"skipped": "time budget"}
+
+
+def test_a_decode_step_launches_few_kernels_a_layer(tmp_path):
+    """benchmarks/decode_launches.py on 1- and 2-layer q4_k_m models: a layer costs at most 14
+    Triton launches (norms, matmuls, RoPE, the gate, the K/V write, attention, SwiGLU, one
+    quantizer) and 2 torch ops (the residual add; the concat of a layer whose qkv mixes Q4_K
+    and Q6_K). At the session that wrote this test it was 10 and 19."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_launches.py"
+    spec = importlib.util.spec_from_file_location("decode_launches", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = []
+    for layers in (1, 2):
+        out = tmp_path / f"{layers}.json"
+        assert mod.main(["--layers", str(layers), "--out", str(out)]) == 0
+        runs.append(json.loads(out.read_text()))
+    triton = runs[1]["triton_total"] - runs[0]["triton_total"]
+    torch_ops = runs[1]["torch_total"] - runs[0]["torch_total"]
+    assert 0 < triton <= 14 and torch_ops <= 2, (runs[0], runs[1])
+    assert runs[1]["triton"]["_qmv8_kernel"] > 0 and "index_copy_" not in runs[1]["torch"]
+    assert mod.main(["--layers", "0"]) == 2

@@ -145,13 +145,18 @@ def test_the_gpu_tile_sizes(t, arch, monkeypatch):
 
 
 def test_split_k_sums_in_a_fixed_order():
-    """Split-K's partial sums are added after the kernel, not by atomics in arrival order:
-    the same inputs give the same bits, call after call (the interpreter runs programs in
-    order anyway; on a GPU this is what the test is for)."""
+    """Split-K's partial sums are added by the last program of each column tile in a fixed
+    order, not by atomics in arrival order: the same inputs give the same bits, call after call
+    (the interpreter runs programs in order anyway; on a GPU this is what the test is for), and
+    the arrival counters are back at 0 for the next launch."""
     data, floats = weight(Q.Q4_K, 24, 2048, seed=5)
     x = torch.randn(2, 2048, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     first = Q.qmatmul(x, data, Q.Q4_K, split_k=4)
     assert all(torch.equal(Q.qmatmul(x, data, Q.Q4_K, split_k=4), first) for _ in range(3))
+    float_decode = Q.launch_config(2, 24, 2048, Q.Q4_K, 4, split_k=4, interpret=True, int8=False)
+    assert float_decode["split_k"] == 4
+    assert (Q.launch(x, data, Q.Q4_K, float_decode) - first).abs().max() <= 1e-6 * first.abs().max()
+    assert not Q._LOCKS[x.device].any()
     ref = reference(x, floats, Q.Q4_K)
     assert (first.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
 
@@ -227,3 +232,17 @@ def test_a_row_gives_the_same_result_at_every_row_count(t):
     cfg = Q.launch_config(1, 48, K, t, Q._sm_count(x.device), interpret=True, int8=False)
     assert cfg["kernel"] == "qmv"
     assert (Q.launch(x[:1], data, t, cfg) - alone).abs().max() <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("t", Q.TYPES, ids=NAMES.get)
+def test_row_lookup_dequantizes_like_gguf_py(t):
+    """The embedding lookup: any rows, in any order, repeated, in one launch; bit for bit in
+    the interpreter (a GPU may fuse the scale's multiply-add)."""
+    data, floats = weight(t, 12, cols_for(t), seed=8)
+    ids = torch.tensor([11, 0, 5, 5, 3], device=DEVICE)
+    got = Q.dequantize_rows(data, t, ids)
+    if EXACT:
+        assert torch.equal(got, floats[ids])
+    else:
+        torch.testing.assert_close(got, floats[ids], rtol=1e-6, atol=0)
+    assert torch.equal(Q.dequantize_rows(data, t, ids[:1], torch.float16), floats[ids[:1]].half())
