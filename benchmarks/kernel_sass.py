@@ -168,6 +168,25 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
         yield dict(name=f"gswa_decode merge R={r}", kernel="gswa_merge", fn=gd._merge_kernel, sig=merge,
                    values=values, consts=dict(HD=hd, BLOCK_Q=BQ, BLOCK_G=max(16, 1 << (G - 1).bit_length()),
                                               BLOCK_RING=128), options=dict(num_warps=4))
+    kv = {"k_ptr": "*fp16", "v_ptr": "*fp16", "k0_ptr": "*fp16", "v0_ptr": "*fp16", "rk_ptr": "*fp16", "rv_ptr": "*fp16",
+          "t_ptr": "*i64", **i32("RING", "stride_kh", "stride_kr", "stride_vh", "stride_vr", "stride_0h", "stride_0s",
+                                 "stride_1h", "stride_1s", "stride_rr", "stride_rh", "stride_rs", "stride_wr",
+                                 "stride_wh", "stride_ws")}
+    yield dict(name="gswa_decode kv write", kernel="kv_write", fn=gd._kv_kernel, sig=kv, options=dict(num_warps=1),
+               values=dict(RING=ring, stride_kh=hd, stride_kr=(nh + 2 * nkv) * hd, stride_vh=hd,
+                           stride_vr=(nh + 2 * nkv) * hd, stride_0h=cap * hd, stride_0s=hd, stride_1h=cap * hd,
+                           stride_1s=hd, stride_rr=nkv * ring * hd, stride_rh=ring * hd, stride_rs=hd,
+                           stride_wr=nkv * ring * hd, stride_wh=ring * hd, stride_ws=hd), consts=dict(HD=hd))
+    gate = {"x_ptr": "*fp16", "nw_ptr": "*fp16", "w_ptr": "*fp16", "b_ptr": "*fp16", "g_ptr": "*fp16",
+            **i32("H", "NH", "stride_x", "stride_w", "stride_g"), "eps": "fp32"}
+    yield dict(name="gswa_decode gate", kernel="gate", fn=gd._gate_kernel, sig=gate, options=dict(num_warps=4),
+               values=dict(H=5120, NH=nh, stride_x=5120, stride_w=5120, stride_g=nh), consts=dict(BLOCK_H=4, CHUNK=512))
+    for t in types:  # the embedding lookup
+        U, V = kq.PARTS.get(t, (4, 32))
+        yield dict(name=f"embedding rows {TYPE_NAMES[t]}", kernel="rows", fn=kq._rows_kernel,
+                   sig={"ids_ptr": "*i64", "w_ptr": "*u8", "y_ptr": "*fp16", **i32("K", "row_bytes", "stride_y")},
+                   values=dict(K=5120, row_bytes=kq.bytes_per_row(t, 5120), stride_y=5120), options=dict(num_warps=4),
+                   consts=dict(TYPE=t, U=U, V=V))
     flash = {"q_ptr": "*fp16", "qpos_ptr": "*i32", "o_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16",
              "kpos_ptr": "*i32", "S": "i32", "k2_ptr": "*fp16", "v2_ptr": "*fp16", "k2pos_ptr": "*i32", "S2": "i32",
              **i32("T", "G", "window"), "scale": "fp32",

@@ -46,7 +46,8 @@ def test_every_kernel_compiles_without_spills(arch, tmp_path):
     assert report["spilling"] == []
     assert report["over_shared"] == []  # would fail at launch: more shared memory than the SM has
     kinds = {e["kernel"] for e in report["kernels"]}
-    assert kinds == {"qmatmul", "quantize", "gswa_split", "gswa_merge", "flash", "rms_norm", "rope", "swiglu"}
+    assert kinds == {"qmatmul", "quantize", "gswa_split", "gswa_merge", "kv_write", "gate", "rows", "flash", "rms_norm",
+                     "rope", "swiglu"}
     mm = [e for e in report["kernels"] if e["kernel"] == "qmatmul"]
     assert {e["type"] for e in mm} == {"Q4_K", "Q5_K", "Q6_K-planar", "Q8_0-planar", "Q4_0-planar", "F16", "BF16"}
     for e in mm:
