@@ -9,7 +9,8 @@ the output and for attn_v / ffn_down on the "more bits" layers) and q8_0. For ea
   decode tok/s at contexts 1k and 16k (cache filled, not computed: decode time depends only
   on its length), bytes read per step / step time as a fraction of the GPU's peak bandwidth
   (and of a device-to-device copy measured here), prompt tok/s for a 2k prompt and its
-  tensor FLOPs as a fraction of peak, fused R = 2 over R = 1 decode time (same weights);
+  tensor FLOPs as a fraction of peak, fused R = 2 over R = 1 decode time (same weights), and
+  the kernel launches one decode step records in its graph;
 - `torch`: the engine's torch path on the same GPU (weights dequantized tile by tile, then
   matmul), fewer steps and a 512-token prompt (it is slow);
 - `llama_cpp`: llama.cpp on the same weights written as an R = 1 llama GGUF, when
@@ -144,6 +145,22 @@ def decode_tps(eng, ctx: int, steps: int) -> float:
     return steps / dt
 
 
+def step_launches(eng) -> dict:
+    """Kernel launches of one decode step (what its CUDA graph records): benchmarks/decode_launches.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("decode_launches", os.path.join(os.path.dirname(__file__),
+                                                                                  "decode_launches.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    graphs, eng.graphs = eng.graphs, False
+    try:
+        counted = mod.count_step(eng, 7)
+    finally:
+        eng.graphs = graphs
+    return {"triton": counted["triton_total"], "torch": counted["torch_total"]}
+
+
 def with_loops(eng, cfg, loops: int) -> None:
     eng.cfg = cfg.with_loops(loops)
     eng.state = eng._empty_state(0)  # a new state: the Triton engine captures its graph again
@@ -186,6 +203,8 @@ def measure(eng, cfg, steps: int, prompt: int, peak_bw, peak_tf, copy_bw) -> dic
     tflops = prompt_flops(cfg, prompt) / dt / 1e12
     out["prompt_tflops"] = round(tflops, 1)
     out["prompt_frac_peak_tflops"] = round(tflops / peak_tf, 3) if peak_tf else None
+    if hasattr(eng, "graphs"):  # the Triton engine
+        out["launches_per_step"] = step_launches(eng)
     r2 = decode_tps(eng, CONTEXTS[0], steps)
     with_loops(eng, cfg, 1)
     r1 = decode_tps(eng, CONTEXTS[0], steps)

@@ -77,6 +77,16 @@ def test_the_matmul_sweep_runs_every_tile_choice_and_checks_it(gpu, monkeypatch)
     assert gpu.matmul_sweep("q4_k_m", 100.0, lambda: 0.0, reps=1) == {"skipped": "time budget"}
 
 
+def test_the_gpu_script_counts_the_triton_engines_launches(gpu):
+    from loopcli.runtime.triton_engine import TritonEngine
+
+    cfg, raw = gpu.random_model("q4_k_m")
+    eng = TritonEngine(cfg, raw, device="cpu", kv_dtype=torch.float16, max_context=256)
+    eng.prefill([1, 2, 3])
+    got = gpu.step_launches(eng)
+    assert 0 < got["triton"] <= 14 * cfg.num_layers + 8 and got["torch"] <= 2 * cfg.num_layers + 16, got
+
+
 def test_a_decode_step_launches_few_kernels_a_layer(tmp_path):
     """benchmarks/decode_launches.py on 1- and 2-layer q4_k_m models: a layer costs at most 14
     Triton launches (norms, matmuls, RoPE, the gate, the K/V write, attention, SwiGLU, one
