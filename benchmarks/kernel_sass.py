@@ -132,7 +132,8 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
         for M in [*rows_list, 4096]:  # decode rows, then a 2k-token prompt at R = 2 (the GEMM)
             for shape, N, K in shapes:
                 cfg = kq.launch_config(M, N, K, t, sms, arch=arch)
-                fn, sig, values, consts, options = kq.kernel_signature(t, M, N, K, cfg, "fp16")
+                # the down projection adds the residual as it stores (decode)
+                fn, sig, values, consts, options = kq.kernel_signature(t, M, N, K, cfg, "fp16", residual=shape == "down")
                 yield dict(name=f"qmatmul {TYPE_NAMES[t]} M={M} {shape}", kernel="qmatmul", type=TYPE_NAMES[t],
                            M=M, N=N, K=K, shape=shape, config=cfg, fn=fn, sig=sig, values=values, consts=consts,
                            options=options, weights_per_iter=cfg["weights_per_iter"])

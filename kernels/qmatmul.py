@@ -252,9 +252,9 @@ def _xrow(xp, k, r, M, K, MASK_K: tl.constexpr):
 
 
 @jit
-def _qmv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, stride_xm, stride_ym, row_bytes, spans_per_split,
-                splits, TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr):
+def _qmv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, res_ptr, M, N, K, stride_xm, stride_ym, row_bytes,
+                spans_per_split, splits, TYPE: tl.constexpr, U: tl.constexpr, V: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, EVEN: tl.constexpr, SPLIT: tl.constexpr, RESIDUAL: tl.constexpr):
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None, None] * row_bytes  # clamped: not stored
@@ -284,7 +284,7 @@ def _qmv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, stride_xm, str
     if BLOCK_M > 2:
         y += tl.where(offs_m[None, :] == 2, tl.sum(tl.sum(acc2, axis=2), axis=1)[:, None], 0.0)
         y += tl.where(offs_m[None, :] == 3, tl.sum(tl.sum(acc3, axis=2), axis=1)[:, None], 0.0)
-    _store_result(y, y_ptr, part_ptr, lock_ptr, M, N, stride_ym, splits, BLOCK_M, BLOCK_N, SPLIT)
+    _store_result(y, y_ptr, part_ptr, lock_ptr, res_ptr, M, N, stride_ym, splits, BLOCK_M, BLOCK_N, SPLIT, RESIDUAL)
 
 
 @jit
@@ -410,22 +410,23 @@ def launch_config(M: int, N: int, K: int, ggml_type: int, sms: int, split_k: int
                 grid=(cdiv(M, BM), cdiv(N, BN)), options=options, weights_per_iter=BN * 256)
 
 
-def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: str):
+def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: str, residual: bool = False):
     """(kernel, {arg: type}, {int arg: value}, constexprs, launch options) of a launch_config,
     for compiling ahead of time as a launch would (the int values decide Triton's alignment
-    hints)."""
+    hints); `residual`: the decode kernels adding a residual as they store."""
     split = cfg["split_k"] > 1
     args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{xdtype}", "M": "i32", "N": "i32", "K": "i32",
             "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32"}
     values = dict(M=M, N=N, K=K, stride_xm=K, stride_ym=N, row_bytes=bytes_per_row(ggml_type, K))
-    decode = {"part_ptr": "*fp32", "lock_ptr": "*i32"}  # after y_ptr
+    decode = {"part_ptr": "*fp32", "lock_ptr": "*i32", "res_ptr": f"*{xdtype}"}  # after y_ptr
     if cfg["kernel"] == "qmv8":
         args = {"xq_ptr": "*i8", "xd_ptr": "*fp32", "xs_ptr": "*i32", "w_ptr": "*u8", "y_ptr": f"*{xdtype}",
                 **decode, "M": "i32", "N": "i32", "K": "i32", "stride_ym": "i32", "row_bytes": "i32",
                 "spans_per_split": "i32", "splits": "i32"}
         values.update(spans_per_split=cfg["spans_per_split"], splits=cfg["split_k"])
         del values["stride_xm"]
-        consts = dict(TYPE=ggml_type, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLIT=split, ASM=True)
+        consts = dict(TYPE=ggml_type, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLIT=split, RESIDUAL=residual,
+                      ASM=True)
         return _qmv8_kernel, args, values, consts, cfg["options"]
     if cfg["kernel"] == "qmv":
         args = {**{k: v for k, v in args.items() if k in ("x_ptr", "w_ptr", "y_ptr")}, **decode,
@@ -433,7 +434,7 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
                 "spans_per_split": "i32", "splits": "i32"}
         values.update(spans_per_split=cfg["spans_per_split"], splits=cfg["split_k"])
         consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                      EVEN=cfg["EVEN"], SPLIT=split)
+                      EVEN=cfg["EVEN"], SPLIT=split, RESIDUAL=residual)
         return _qmv_kernel, args, values, consts, cfg["options"]
     consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                   EVEN=cfg["EVEN"])
@@ -441,23 +442,27 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
 
 
 def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | None = None,
-            int8: Int8Rows | None = None) -> torch.Tensor:
+            int8: Int8Rows | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ W.T -> [..., N] in x's dtype, W read from its GGUF bytes `data`.
 
     `split_k`: K ranges whose partial sums the last of their programs adds (decode, in a
     fixed order: the same inputs give the same bits); None chooses from the device's size. `int8`: x's int8
     form when its producer made it (the dp4a decode kernel then quantizes nothing itself).
+    `residual` [..., N]: added to the product (as `residual + y` in x's dtype), by the decode
+    kernels as they store it.
     """
     K = _check(x, data, ggml_type)
     if not triton_ok(x):
-        return qmatmul_torch(x, data, ggml_type)
+        y = qmatmul_torch(x, data, ggml_type)
+        return y if residual is None else residual + y
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M, N = x2.shape[0], data.shape[0]
     cfg = launch_config(M, N, K, ggml_type, _sm_count(x.device), split_k, interpreting(), _arch(x.device))
-    return launch(x2, data, ggml_type, cfg, int8).reshape(*lead, N)
+    res = None if residual is None else residual.reshape(M, N).to(x2.dtype).contiguous()
+    return launch(x2, data, ggml_type, cfg, int8, res).reshape(*lead, N)
 
 
 _LOCKS: dict = {}  # device -> int32 arrival counters of split-K column tiles, all 0 between launches
@@ -471,8 +476,10 @@ def _locks(device: torch.device, n: int) -> torch.Tensor:
     return have
 
 
-def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, int8: Int8Rows | None = None):
-    """Run a `launch_config` on x2 [M, K] (unit stride along K) -> [M, N] in x2's dtype."""
+def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, int8: Int8Rows | None = None,
+           res: torch.Tensor | None = None):
+    """Run a `launch_config` on x2 [M, K] (unit stride along K) -> [M, N] in x2's dtype (plus
+    res [M, N], contiguous, when given)."""
     (M, K), N = x2.shape, data.shape[0]
     split = cfg["split_k"]
     y = torch.empty((M, N), dtype=x2.dtype, device=x2.device)
@@ -480,17 +487,17 @@ def launch(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, int8
     locks = _locks(x2.device, cfg["grid"][0])
     group = act_group(ggml_type)
     if cfg["kernel"] == "qmv8":
-        launch_qmv8(x2, data, ggml_type, cfg, y, part, locks, int8)
+        launch_qmv8(x2, data, ggml_type, cfg, y, part, locks, res, int8)
         return y
     if group:  # the values the int8 kernel would see, as floats
         x2 = quantize_rows(x2, group, dequant=True)
     if cfg["kernel"] == "qmv":
-        _qmv_kernel[cfg["grid"]](x2, data, y, part, locks, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
-                                 cfg["spans_per_split"], split, TYPE=ggml_type, U=cfg["U"], V=cfg["V"],
-                                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"],
-                                 SPLIT=split > 1, **cfg["options"])
-    else:
-        _qmm_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
-                                 TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"],
-                                 BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"], **cfg["options"])
-    return y
+        _qmv_kernel[cfg["grid"]](x2, data, y, part, locks, y if res is None else res, M, N, K, x2.stride(0),
+                                 y.stride(0), data.stride(0), cfg["spans_per_split"], split, TYPE=ggml_type,
+                                 U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                 EVEN=cfg["EVEN"], SPLIT=split > 1, RESIDUAL=res is not None, **cfg["options"])
+        return y
+    _qmm_kernel[cfg["grid"]](x2, data, y, M, N, K, x2.stride(0), y.stride(0), data.stride(0),
+                             TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"],
+                             BLOCK_N=cfg["BLOCK_N"], EVEN=cfg["EVEN"], **cfg["options"])
+    return y if res is None else res + y

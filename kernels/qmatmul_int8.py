@@ -216,9 +216,9 @@ def _row(acc, off, xq, xd, xs, r, M, K, s, q0, q1, w0, w1, sc0, sc1, mn0, mn1, u
 
 
 @jit
-def _qmv8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, M, N, K, stride_ym, row_bytes,
+def _qmv8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, res_ptr, M, N, K, stride_ym, row_bytes,
                  spans_per_split, splits, TYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 SPLIT: tl.constexpr, ASM: tl.constexpr):
+                 SPLIT: tl.constexpr, RESIDUAL: tl.constexpr, ASM: tl.constexpr):
     """y [M, N] (SPLIT: K in `splits` ranges, `_store_result`) = activations
     (int8 xq, scales xd, sums of 16 xs) times weight rows of type TYPE (Q4_K, Q5_K, or the
     planar Q6_K / Q8_0 / Q4_0: their quants 4-byte aligned)."""
@@ -320,22 +320,34 @@ def _qmv8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, part_ptr, lock_ptr, M, N,
     if BLOCK_M > 2:
         y += tl.where(offs_m[None, :] == 2, _total(acc2, off2)[:, None], 0.0)
         y += tl.where(offs_m[None, :] == 3, _total(acc3, off3)[:, None], 0.0)
-    _store_result(y, y_ptr, part_ptr, lock_ptr, M, N, stride_ym, splits, BLOCK_M, BLOCK_N, SPLIT)
+    _store_result(y, y_ptr, part_ptr, lock_ptr, res_ptr, M, N, stride_ym, splits, BLOCK_M, BLOCK_N, SPLIT, RESIDUAL)
 
 
 @jit
-def _store_result(y, y_ptr, part_ptr, lock_ptr, M, N, stride_ym, splits, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  SPLIT: tl.constexpr):
-    """Store a program's y [BLOCK_N, BLOCK_M] (f32) at its columns of y [M, N]. SPLIT: y is one
-    K range's partial sums; it goes to its slice of part_ptr [splits, M, N], and the last
-    program of the column tile to arrive (counted in lock_ptr) adds all slices in order 0, 1,
-    ... and stores the total: the same bits whatever the arrival order, and no second launch.
-    The counter is reset for the next launch by that last program."""
+def _store_out(v, y_ptr, res_ptr, at, keep, RESIDUAL: tl.constexpr):
+    """v rounded to y's dtype; RESIDUAL: plus the residual at the same place, as torch's
+    `residual + y` rounds it (y rounded first, the sum rounded again)."""
+    v = v.to(y_ptr.dtype.element_ty)
+    if RESIDUAL:
+        v = (tl.load(res_ptr + at, mask=keep, other=0.0).to(tl.float32) + v.to(tl.float32)).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + at, v, mask=keep)
+
+
+@jit
+def _store_result(y, y_ptr, part_ptr, lock_ptr, res_ptr, M, N, stride_ym, splits, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, RESIDUAL: tl.constexpr):
+    """Store a program's y [BLOCK_N, BLOCK_M] (f32) at its columns of y [M, N] (plus the
+    residual [M, N], same strides, when RESIDUAL). SPLIT: y is one K range's partial sums; it
+    goes to its slice of part_ptr [splits, M, N], and the last program of the column tile to
+    arrive (counted in lock_ptr) adds all slices in order 0, 1, ... and stores the total: the
+    same bits whatever the arrival order, and no second launch. That last program resets the
+    counter for the next launch (one stream at a time per device uses the counters)."""
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     keep = (offs_m[None, :] < M) & (offs_n[:, None] < N)
     at = offs_m[None, :] * N + offs_n[:, None]
+    at_y = offs_m[None, :] * stride_ym + offs_n[:, None]
     if SPLIT:
         tl.store(part_ptr + pid_k * M * N + at, y, mask=keep)
         tl.debug_barrier()  # every thread's slice stored before the count (released with it)
@@ -343,10 +355,10 @@ def _store_result(y, y_ptr, part_ptr, lock_ptr, M, N, stride_ym, splits, BLOCK_M
             total = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
             for k in range(0, splits):  # read from L2 (.cg): other SMs wrote them
                 total += tl.load(part_ptr + k * M * N + at, mask=keep, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], total.to(y_ptr.dtype.element_ty), mask=keep)
+            _store_out(total, y_ptr, res_ptr, at_y, keep, RESIDUAL)
             tl.atomic_xchg(lock_ptr + pid_n, 0)
     else:
-        tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], y.to(y_ptr.dtype.element_ty), mask=keep)
+        _store_out(y, y_ptr, res_ptr, at_y, keep, RESIDUAL)
 
 
 @jit
@@ -355,13 +367,14 @@ def _total(acc, off):
 
 
 def launch_qmv8(x2: torch.Tensor, data: torch.Tensor, ggml_type: int, cfg: dict, y: torch.Tensor,
-                part: torch.Tensor, locks: torch.Tensor, int8: Int8Rows | None = None) -> None:
+                part: torch.Tensor, locks: torch.Tensor, res: torch.Tensor | None, int8: Int8Rows | None = None):
     """Quantize x2 [M, K] (unless `int8` holds it already), then run `_qmv8_kernel` on the
     launch config `cfg` into y."""
     (M, K), N = x2.shape, data.shape[0]
     group = GROUP[ggml_type & 0xFF]
     given = int8 is not None and int8.group == group and int8.q.shape == x2.shape
     xq, xd, xs = int8[:3] if given else quantize_rows(x2, group)
-    _qmv8_kernel[cfg["grid"]](xq, xd, xs, data, y, part, locks, M, N, K, y.stride(0), data.stride(0),
-                              cfg["spans_per_split"], cfg["split_k"], TYPE=ggml_type, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                              SPLIT=cfg["split_k"] > 1, ASM=not interpreting(), **cfg["options"])
+    _qmv8_kernel[cfg["grid"]](xq, xd, xs, data, y, part, locks, y if res is None else res, M, N, K, y.stride(0),
+                              data.stride(0), cfg["spans_per_split"], cfg["split_k"], TYPE=ggml_type,
+                              BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], SPLIT=cfg["split_k"] > 1,
+                              RESIDUAL=res is not None, ASM=not interpreting(), **cfg["options"])

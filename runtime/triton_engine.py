@@ -38,8 +38,9 @@ class GGUFWeight:
         self.ggml_type, self.data = ggml_type, data
         self.rows, self.cols = data.shape[0], cols
 
-    def linear(self, x: torch.Tensor, tiles: bool = False, int8: Int8Rows | None = None) -> torch.Tensor:
-        return kq.qmatmul(x, self.data, self.ggml_type, int8=int8)
+    def linear(self, x: torch.Tensor, tiles: bool = False, int8: Int8Rows | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        return kq.qmatmul(x, self.data, self.ggml_type, int8=int8, residual=residual)
 
     def int8_group(self, x: torch.Tensor) -> int | None:
         """The int8 group of this weight's input x when the matmul runs on dp4a (decode rows,
@@ -64,13 +65,19 @@ def _int8_for(w, x: torch.Tensor) -> Int8Rows | None:
     return Int8Rows.empty(x.numel() // x.shape[-1], w.cols, groups.pop(), x.device)
 
 
-def _linear(x: torch.Tensor, w, bias: torch.Tensor | None, int8: Int8Rows | None) -> torch.Tensor:
-    """qmatmul.linear, handing x's int8 form (made by x's producer) to the GGUFWeights."""
-    if int8 is None:
-        return qmatmul.linear(x, w, bias)
+def _linear(x: torch.Tensor, w, bias: torch.Tensor | None, int8: Int8Rows | None,
+            residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`residual +` qmatmul.linear, handing x's int8 form (made by x's producer) to the
+    GGUFWeights; a single GGUFWeight adds the residual as its kernel stores."""
+    if isinstance(w, GGUFWeight) and bias is None:
+        return w.linear(x, int8=int8, residual=residual)
     parts = w.parts if isinstance(w, Stacked) else [w]
-    y = torch.cat([p.linear(x, int8=int8) for p in parts], -1) if len(parts) > 1 else w.linear(x, int8=int8)
-    return y if bias is None else y + bias
+    if int8 is None:
+        y = qmatmul.linear(x, w, bias)
+    else:
+        y = torch.cat([p.linear(x, int8=int8) for p in parts], -1) if len(parts) > 1 else w.linear(x, int8=int8)
+        y = y if bias is None else y + bias
+    return y if residual is None else residual + y
 
 
 class KernelRowTable:
@@ -121,7 +128,7 @@ class TritonEngine(Engine):
         a, h = rms_norm(attn, layer.ffn_norm, self.cfg.rms_norm_eps, residual=x, int8=int8)
         gu = _linear(a, layer.gate_up, None, int8)
         int8 = _int8_for(layer.down, gu)
-        return h + _linear(swiglu(gu, int8=int8), layer.down, None, int8)
+        return _linear(swiglu(gu, int8=int8), layer.down, None, int8, residual=h)
 
     def _final_norm(self, U: torch.Tensor) -> torch.Tensor:
         eps = self.cfg.rms_norm_eps

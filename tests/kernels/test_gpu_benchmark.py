@@ -90,8 +90,8 @@ def test_the_gpu_script_counts_the_triton_engines_launches(gpu):
 def test_a_decode_step_launches_few_kernels_a_layer(tmp_path):
     """benchmarks/decode_launches.py on 1- and 2-layer q4_k_m models: a layer costs at most 14
     Triton launches (norms, matmuls, RoPE, the gate, the K/V write, attention, SwiGLU, one
-    quantizer) and 2 torch ops (the residual add; the concat of a layer whose qkv mixes Q4_K
-    and Q6_K). At the session that wrote this test it was 10 and 19."""
+    quantizer) and 1 torch op (the concat of a layer whose qkv mixes Q4_K and Q6_K). Before
+    the session that wrote this test it was 10 and 19."""
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "decode_launches.py"
     spec = importlib.util.spec_from_file_location("decode_launches", path)
     mod = importlib.util.module_from_spec(spec)
@@ -103,6 +103,6 @@ def test_a_decode_step_launches_few_kernels_a_layer(tmp_path):
         runs.append(json.loads(out.read_text()))
     triton = runs[1]["triton_total"] - runs[0]["triton_total"]
     torch_ops = runs[1]["torch_total"] - runs[0]["torch_total"]
-    assert 0 < triton <= 14 and torch_ops <= 2, (runs[0], runs[1])
+    assert 0 < triton <= 14 and torch_ops <= 1, (runs[0], runs[1])
     assert runs[1]["triton"]["_qmv8_kernel"] > 0 and "index_copy_" not in runs[1]["torch"]
     assert mod.main(["--layers", "0"]) == 2

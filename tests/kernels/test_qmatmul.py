@@ -246,3 +246,16 @@ def test_row_lookup_dequantizes_like_gguf_py(t):
     else:
         torch.testing.assert_close(got, floats[ids], rtol=1e-6, atol=0)
     assert torch.equal(Q.dequantize_rows(data, t, ids[:1], torch.float16), floats[ids[:1]].half())
+
+
+@pytest.mark.parametrize("t", [Q.Q4_K, Q.Q6_K | Q.PLANAR, Q.Q6_K, Q.F16], ids=NAMES.get)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_a_residual_added_as_the_kernel_stores_equals_adding_it_after(t, dtype):
+    """dp4a and float decode, with and without split-K, and the GEMM: `residual=` gives
+    `residual + y` bit for bit (y rounded to x's dtype first, as torch adds)."""
+    K = cols_for(t)
+    data, _ = weight(t, 40, K, seed=9)
+    for m, split in ((1, None), (2, 3), (7, None)):
+        x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(DEVICE, dtype)
+        r = torch.randn(m, 40, generator=torch.Generator().manual_seed(m + 1)).to(DEVICE, dtype)
+        assert torch.equal(Q.qmatmul(x, data, t, split_k=split, residual=r), r + Q.qmatmul(x, data, t, split_k=split))
