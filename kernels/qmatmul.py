@@ -326,7 +326,7 @@ def _rows_kernel(ids_ptr, w_ptr, y_ptr, K, row_bytes, stride_y, TYPE: tl.constex
         tl.store(y_ptr + i * stride_y + k, _values(q, d, m, TYPE).to(y_ptr.dtype.element_ty), mask=k < K)
 
 
-def dequantize_rows(data: torch.Tensor, ggml_type: int, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def lookup_rows(data: torch.Tensor, ggml_type: int, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """Rows `ids` (int tensor [n], on data's device) of GGUF bytes data -> [n, K] in dtype, in one
     launch; the twin: `dequantize_torch(data[ids], ggml_type).to(dtype)`."""
     K = columns(data, ggml_type)

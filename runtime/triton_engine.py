@@ -82,13 +82,13 @@ def _linear(x: torch.Tensor, w, bias: torch.Tensor | None, int8: Int8Rows | None
 
 class KernelRowTable:
     """The token embedding kept in its file format; looked-up rows are decoded by one kernel
-    launch (`kernels.qmatmul.dequantize_rows`) into the engine's dtype."""
+    launch (`kernels.qmatmul.lookup_rows`) into the engine's dtype."""
 
     def __init__(self, raw: Raw, dtype: torch.dtype):
         self.raw, self.dtype = raw, dtype
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        return kq.dequantize_rows(self.raw.data, self.raw.ggml_type, ids, self.dtype)
+        return kq.lookup_rows(self.raw.data, self.raw.ggml_type, ids, self.dtype)
 
     @property
     def nbytes(self) -> int:

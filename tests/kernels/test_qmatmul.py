@@ -240,12 +240,12 @@ def test_row_lookup_dequantizes_like_gguf_py(t):
     the interpreter (a GPU may fuse the scale's multiply-add)."""
     data, floats = weight(t, 12, cols_for(t), seed=8)
     ids = torch.tensor([11, 0, 5, 5, 3], device=DEVICE)
-    got = Q.dequantize_rows(data, t, ids)
+    got = Q.lookup_rows(data, t, ids)
     if EXACT:
         assert torch.equal(got, floats[ids])
     else:
         torch.testing.assert_close(got, floats[ids], rtol=1e-6, atol=0)
-    assert torch.equal(Q.dequantize_rows(data, t, ids[:1], torch.float16), floats[ids[:1]].half())
+    assert torch.equal(Q.lookup_rows(data, t, ids[:1], torch.float16), floats[ids[:1]].half())
 
 
 @pytest.mark.parametrize("t", [Q.Q4_K, Q.Q6_K | Q.PLANAR, Q.Q6_K, Q.F16], ids=NAMES.get)
