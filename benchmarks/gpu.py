@@ -233,11 +233,14 @@ def kernel_us(fn, reps: int = 20) -> float:
     return sorted(times)[reps // 2]
 
 
+# the decode kernels' choices: weight rows per program (dp4a, float), warps, split-K target per SM (0: none)
+SWEEP_BLOCK_N, SWEEP_WARPS, SWEEP_PER_SM = {True: (16, 32, 64), False: (8, 16, 32)}, (4, 8), (0, 4, 8)
 GEMM_TILES = {"64x3": (64, dict(num_warps=4, num_stages=3)), "128x3": (128, dict(num_warps=8, num_stages=3)),
               "256x2": (256, dict(num_warps=8, num_stages=2))}  # rows per tile x pipeline stages
 
 
-def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20, peak_tf=None, prefill_rows: int = 4096) -> dict:
+def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20, peak_tf=None, prefill_rows: int = 4096,
+                 decode_rows=(1, 2)) -> dict:
     """The decode matmul alone (M = 1 and 2 rows) on LoopCoder-V2's largest shapes: the
     engine's choice and the others (dp4a or float kernel, `block_n`, warps, split-K target), as
     GB/s of weight bytes read, each product checked against the default's; the activation
@@ -255,15 +258,15 @@ def matmul_sweep(qtype: str, peak_bw, left, reps: int = 20, peak_tf=None, prefil
     for name, N, K in SWEEP_SHAPES:
         data = random_blocks(base, N, K, gen)
         data = kq.to_planar(data, base) if t != base else data
-        for M in (1, 2):
+        for M in decode_rows:
             x = 0.1 * torch.randn(M, K, device=DEVICE, dtype=torch.float16, generator=gen)
             engine_cfg = kq.launch_config(M, N, K, t, sms, arch=arch)
             want = kq.launch(x, data, t, engine_cfg).float()
             rows = []
             for int8 in (True, False):  # dp4a on int8 activations, or floats on their dequantized values
-                for bn in (16, 32, 64) if int8 else (8, 16, 32):
-                    for warps in (4, 8):
-                        for per_sm in (0, 4, 8):  # 0: no split-K
+                for bn in SWEEP_BLOCK_N[int8]:
+                    for warps in SWEEP_WARPS:
+                        for per_sm in SWEEP_PER_SM:  # 0: no split-K
                             if left() < 15:
                                 out["skipped"] = "time budget"
                                 return out

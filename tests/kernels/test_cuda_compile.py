@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(not _cuda_tools(), reason="this Triton wheel has
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_kernel_compiles_without_spills(arch, tmp_path):
     out = tmp_path / "sass.json"
-    shapes = "wo,down" if SLOW else "wo"
+    shapes = "qkv,wo,gate_up,down,head" if SLOW else "wo,gate_up"  # gate_up: a matmul without split-K
     run = subprocess.run([sys.executable, str(SCRIPT), "--arch", str(arch), "--rows", ROWS, "--shapes", shapes,
                           "--out", str(out)], capture_output=True, text=True, timeout=900,
                          env={**os.environ, "TRITON_INTERPRET": "0"})
@@ -60,6 +60,7 @@ def test_every_kernel_compiles_without_spills(arch, tmp_path):
         else:
             limit = 20 if e["M"] <= 2 else 40
         assert e["instrs_per_weight"] <= limit, (e["name"], e["instrs_per_weight"])
+    assert {e["config"]["split_k"] > 1 for e in mm if e["config"]["kernel"] == "qmv8"} == {True, False}
     decode = {e["type"] for e in mm if e["config"]["kernel"] == "qmv8"}
     assert decode == {"Q4_K", "Q5_K", "Q6_K-planar", "Q8_0-planar", "Q4_0-planar"}
 
