@@ -25,6 +25,11 @@ NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "promote_types
              "unflatten", "lift_fresh_copy"}
 
 
+def fail(msg: str) -> int:
+    print(f"decode_launches: {msg}", file=sys.stderr)
+    return 2
+
+
 def count_step(eng, token: int) -> dict:
     """Launches of one `eng.step(token)`: Triton kernels by name, torch ops by name."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -70,11 +75,16 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.layers < 1:
-        print("decode_launches: --layers takes a positive count", file=sys.stderr)
-        return 2
+        return fail("--layers takes a positive count")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        return fail(f"--out {args.out}: its folder does not exist; make it or pick another path")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
+        os.environ["TRITON_INTERPRET"] = "1"  # before Triton or any kernel module is imported
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return fail("triton is not installed (pip install triton, or the test extra)")
     from loopcli.convert.export import convert
     from loopcli.runtime.engine import load
     from loopcli.runtime.synthetic import write_synthetic
@@ -91,10 +101,15 @@ def main(argv=None) -> int:
         out = {"device": device, "type": args.type, "layers": args.layers, **count_step(eng, 8)}
     text = json.dumps(out, indent=1)
     print(text)
-    if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(args.out + ".tmp", args.out)
+    if args.out:  # written whole or not at all
+        try:
+            with open(args.out + ".tmp", "w") as f:
+                f.write(text + "\n")
+            os.replace(args.out + ".tmp", args.out)
+        except OSError as e:
+            if os.path.exists(args.out + ".tmp"):
+                os.remove(args.out + ".tmp")
+            return fail(f"--out {args.out}: cannot write it ({e.strerror})")
     return 0
 
 

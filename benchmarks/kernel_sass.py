@@ -185,8 +185,9 @@ def launches(types, rows_list, shapes, sms: int, arch: int):
     for t in types:  # the embedding lookup
         U, V = kq.PARTS.get(t, (4, 32))
         yield dict(name=f"embedding rows {TYPE_NAMES[t]}", kernel="rows", fn=kq._rows_kernel,
-                   sig={"ids_ptr": "*i64", "w_ptr": "*u8", "y_ptr": "*fp16", **i32("K", "row_bytes", "stride_y")},
-                   values=dict(K=5120, row_bytes=kq.bytes_per_row(t, 5120), stride_y=5120), options=dict(num_warps=4),
+                   sig={"ids_ptr": "*i64", "w_ptr": "*u8", "y_ptr": "*fp16", **i32("N", "K", "row_bytes", "stride_y")},
+                   values=dict(N=76800, K=5120, row_bytes=kq.bytes_per_row(t, 5120), stride_y=5120),
+                   options=dict(num_warps=4),
                    consts=dict(TYPE=t, U=U, V=V))
     flash = {"q_ptr": "*fp16", "qpos_ptr": "*i32", "o_ptr": "*fp16", "k_ptr": "*fp16", "v_ptr": "*fp16",
              "kpos_ptr": "*i32", "S": "i32", "k2_ptr": "*fp16", "v2_ptr": "*fp16", "k2pos_ptr": "*i32", "S2": "i32",

@@ -315,28 +315,33 @@ def _qmm_kernel(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_ym, row_bytes,
 
 
 @jit
-def _rows_kernel(ids_ptr, w_ptr, y_ptr, K, row_bytes, stride_y, TYPE: tl.constexpr, U: tl.constexpr,
+def _rows_kernel(ids_ptr, w_ptr, y_ptr, N, K, row_bytes, stride_y, TYPE: tl.constexpr, U: tl.constexpr,
                  V: tl.constexpr):
-    """Row ids[i] of the weight, span s, dequantized into y[i] (an embedding lookup)."""
+    """Row ids[i] of the weight, span s, dequantized into y[i] (an embedding lookup); an id
+    outside 0..N-1 gives zeros and reads nothing past the weight."""
     i, s = tl.program_id(0), tl.program_id(1)
-    row = w_ptr + tl.load(ids_ptr + i).to(tl.int64) * row_bytes + tl.zeros((1, 1, 1), dtype=tl.int64)
+    rid = tl.load(ids_ptr + i).to(tl.int64)
+    ok = (rid >= 0) & (rid < N)
+    row = w_ptr + tl.where(ok, rid, 0) * row_bytes + tl.zeros((1, 1, 1), dtype=tl.int64)
     for p in tl.static_range(2):
         q, d, m, c = _part(row, s, K, p, TYPE, U, V)
         k = s * 256 + c
-        tl.store(y_ptr + i * stride_y + k, _values(q, d, m, TYPE).to(y_ptr.dtype.element_ty), mask=k < K)
+        w = tl.where(ok, _values(q, d, m, TYPE), 0.0)
+        tl.store(y_ptr + i * stride_y + k, w.to(y_ptr.dtype.element_ty), mask=k < K)
 
 
 def lookup_rows(data: torch.Tensor, ggml_type: int, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """Rows `ids` (int tensor [n], on data's device) of GGUF bytes data -> [n, K] in dtype, in one
-    launch; the twin: `dequantize_torch(data[ids], ggml_type).to(dtype)`."""
+    launch; the twin: `dequantize_torch(data[ids], ggml_type).to(dtype)`. The kernel gives zeros
+    for an id out of range (it cannot raise from the device; callers check ids first)."""
     K = columns(data, ggml_type)
     ids = ids.reshape(-1)
     if not triton_ok(data):
         return dequantize_torch(data[ids], ggml_type).to(dtype)
     y = torch.empty((ids.numel(), K), dtype=dtype, device=data.device)
     U, V = PARTS.get(ggml_type, (4, 32))
-    _rows_kernel[(ids.numel(), cdiv(K, 256))](ids, data, y, K, data.stride(0), y.stride(0), TYPE=ggml_type, U=U, V=V,
-                                              num_warps=4)
+    _rows_kernel[(ids.numel(), cdiv(K, 256))](ids, data, y, data.shape[0], K, data.stride(0), y.stride(0),
+                                              TYPE=ggml_type, U=U, V=V, num_warps=4)
     return y
 
 
@@ -429,9 +434,9 @@ def kernel_signature(ggml_type: int, M: int, N: int, K: int, cfg: dict, xdtype: 
                       ASM=True)
         return _qmv8_kernel, args, values, consts, cfg["options"]
     if cfg["kernel"] == "qmv":
-        args = {**{k: v for k, v in args.items() if k in ("x_ptr", "w_ptr", "y_ptr")}, **decode,
-                **{k: v for k, v in args.items() if k not in ("x_ptr", "w_ptr", "y_ptr")},
-                "spans_per_split": "i32", "splits": "i32"}
+        args = {"x_ptr": f"*{xdtype}", "w_ptr": "*u8", "y_ptr": f"*{xdtype}", **decode, "M": "i32", "N": "i32",
+                "K": "i32", "stride_xm": "i32", "stride_ym": "i32", "row_bytes": "i32", "spans_per_split": "i32",
+                "splits": "i32"}
         values.update(spans_per_split=cfg["spans_per_split"], splits=cfg["split_k"])
         consts = dict(TYPE=ggml_type, U=cfg["U"], V=cfg["V"], BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                       EVEN=cfg["EVEN"], SPLIT=split, RESIDUAL=residual)
@@ -446,12 +451,14 @@ def qmatmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, split_k: int | 
     """x [..., K] @ W.T -> [..., N] in x's dtype, W read from its GGUF bytes `data`.
 
     `split_k`: K ranges whose partial sums the last of their programs adds (decode, in a
-    fixed order: the same inputs give the same bits); None chooses from the device's size. `int8`: x's int8
-    form when its producer made it (the dp4a decode kernel then quantizes nothing itself).
-    `residual` [..., N]: added to the product (as `residual + y` in x's dtype), by the decode
-    kernels as they store it.
+    fixed order: the same inputs give the same bits); None chooses from the device's size.
+    `int8`: x's int8 form when its producer made it (the dp4a decode kernel then quantizes
+    nothing itself). `residual` [..., N]: added to the product (as `residual + y` in x's
+    dtype), by the decode kernels as they store it.
     """
     K = _check(x, data, ggml_type)
+    if residual is not None and residual.shape != (*x.shape[:-1], data.shape[0]):
+        raise ValueError(f"residual has shape {tuple(residual.shape)}, the product {(*x.shape[:-1], data.shape[0])}")
     if not triton_ok(x):
         y = qmatmul_torch(x, data, ggml_type)
         return y if residual is None else residual + y

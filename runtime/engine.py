@@ -684,9 +684,14 @@ class Engine:
         st.last_logits = outs[-1][-1] if all_logits else self.head(h_hat[-1], tiles=True)
         return torch.cat(outs) if all_logits else st.last_logits
 
+    def _check_token(self, token: int) -> None:
+        if not 0 <= int(token) < self.cfg.vocab_size:
+            raise ModelError(f"token id {int(token)} is outside the vocabulary (0..{self.cfg.vocab_size - 1})")
+
     @torch.inference_mode()
     def step(self, token: int) -> torch.Tensor:
         """Feed one token (fused decode); logits of the next [V]."""
+        self._check_token(token)
         logits = self.head(self._fused_step(int(token)))
         self.state.last_logits = logits
         return logits

@@ -194,6 +194,7 @@ class TritonEngine(Engine):
     def step(self, token: int) -> torch.Tensor:
         if not self.graphs:
             return super().step(token)
+        self._check_token(token)  # the graph reads the embedding row at whatever id it is given
         with torch.inference_mode():
             return self._graph_step(int(token))
 

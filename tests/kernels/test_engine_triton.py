@@ -77,6 +77,16 @@ def test_triton_engine_on_quantized_weights_matches_the_torch_engine(checkpoints
     assert err <= 1.5 * (cpu - exact).abs().max() + 1e-4 * scale, (err, (cpu - exact).abs().max())
 
 
+def test_a_token_outside_the_vocabulary_is_a_clear_error(checkpoints):
+    """The kernel's embedding lookup cannot raise on the device: the step checks the id first."""
+    eng = load(checkpoints["loopcoder", 2][1], device=DEVICE, kernels="triton")
+    eng.prefill([1, 2, 3])
+    for bad in (-1, eng.cfg.vocab_size):
+        with pytest.raises(engine_mod.ModelError, match="outside the vocabulary"):
+            eng.step(bad)
+    assert eng.step(4).shape == (eng.cfg.vocab_size,)  # the state is untouched: it goes on
+
+
 def test_forcing_triton_without_a_way_to_run_it_is_a_clear_error(checkpoints, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if DEVICE == "cuda":

@@ -109,3 +109,5 @@ def test_a_decode_step_launches_few_kernels_a_layer(tmp_path):
     assert 0 < triton <= 14 and torch_ops <= 1, (runs[0], runs[1])
     assert runs[1]["triton"]["_qmv8_kernel"] > 0 and "index_copy_" not in runs[1]["torch"]
     assert mod.main(["--layers", "0"]) == 2
+    missing = tmp_path / "no" / "such.json"
+    assert mod.main(["--layers", "1", "--out", str(missing)]) == 2 and not missing.parent.exists()

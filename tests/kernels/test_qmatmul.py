@@ -246,6 +246,9 @@ def test_row_lookup_dequantizes_like_gguf_py(t):
     else:
         torch.testing.assert_close(got, floats[ids], rtol=1e-6, atol=0)
     assert torch.equal(Q.lookup_rows(data, t, ids[:1], torch.float16), floats[ids[:1]].half())
+    # an id out of range reads nothing past the weight: zeros (callers check ids; a kernel cannot raise)
+    got = Q.lookup_rows(data, t, torch.tensor([3, 12, -1, 1 << 40], device=DEVICE))
+    assert torch.equal(got[0], floats[3]) and not got[1:].any()
 
 
 @pytest.mark.parametrize("t", [Q.Q4_K, Q.Q6_K | Q.PLANAR, Q.Q6_K, Q.F16], ids=NAMES.get)
@@ -259,3 +262,5 @@ def test_a_residual_added_as_the_kernel_stores_equals_adding_it_after(t, dtype):
         x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)).to(DEVICE, dtype)
         r = torch.randn(m, 40, generator=torch.Generator().manual_seed(m + 1)).to(DEVICE, dtype)
         assert torch.equal(Q.qmatmul(x, data, t, split_k=split, residual=r), r + Q.qmatmul(x, data, t, split_k=split))
+    with pytest.raises(ValueError, match="residual has shape"):
+        Q.qmatmul(x, data, t, residual=r[:, :39])

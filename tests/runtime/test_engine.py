@@ -263,3 +263,12 @@ def test_prefix_reuse_is_bit_exact_on_a_long_quantized_prompt(tmp_path):
     list(eng.generate(first, Sampler(), 8))
     warm = eng.prefill(second)
     assert eng.last_reused == 2000 and torch.equal(warm, cold)
+
+
+def test_a_step_outside_the_vocabulary_is_a_clear_error(checkpoints):
+    eng = load(checkpoints["loopcoder", 2][0])
+    eng.prefill([1, 2, 3])
+    for bad in (-1, eng.cfg.vocab_size):
+        with pytest.raises(engine_mod.ModelError, match="outside the vocabulary"):
+            eng.step(bad)
+    assert eng.step(4).shape == (eng.cfg.vocab_size,)
